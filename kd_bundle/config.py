@@ -1,0 +1,74 @@
+"""Typed, frozen configuration for every stage, plus the environment settings.
+
+One model per stage, so that a stage's cache key moves only when its own block changes
+(changing `student.learning_rate` never re-mines patterns). Frozen pydantic models hash
+stably through JSON, which is what Prefect's INPUTS cache policy relies on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Domain = Literal["electronic", "clothing", "food"]
+DOMAINS: tuple[Domain, ...] = ("electronic", "clothing", "food")
+Split = Literal["train", "test", "valid"]
+
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    """Where things live and how to reach the teacher. Read from KD_* environment variables.
+
+    The API key is a SecretStr: it never prints, and it is never passed to a task or a flow,
+    so it can be part of neither a cache key nor a Prefect parameter.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="KD_", extra="ignore")
+
+    data_root: Path = Field(_REPO_ROOT.parent / "shared" / "data", description="Folder with one sub-folder per domain.")
+    store: Path = Field(_REPO_ROOT / ".kd-cache" / "store", description="Root of the content-addressed artifact store.")
+    teacher_base_url: str = Field("http://127.0.0.1:8765/v1", description="Any OpenAI-compatible endpoint.")
+    teacher_api_key: SecretStr = Field(SecretStr("local"), description="From KD_TEACHER_API_KEY only.")
+
+
+def settings() -> Settings:
+    """Fresh settings each call, so a changed environment (tests, CLI flags) is honoured."""
+    return Settings()
+
+
+class DataConfig(BaseModel, frozen=True):
+    """Which sessions a run sees. The slice bounds keep CPU runs short; None means all."""
+
+    domain: Domain = Field("electronic", description="Dataset domain.")
+    max_train_sessions: int | None = Field(None, ge=1, description="Keep the first N training sessions (None = all).")
+    max_test_sessions: int | None = Field(
+        None, ge=1, description="Keep N test sessions, stratified by length like the AICL split (None = all 180)."
+    )
+    split_seed: int = Field(0, description="Seed for the stratified test slice.")
+
+
+class PatternConfig(BaseModel, frozen=True):
+    """Apriori over the leaf categories of training bundles (notes/paper.md section 3)."""
+
+    min_support: float = Field(0.001, gt=0, le=1, description="SIGIR'22 grid search chose 0.001 for all domains.")
+    min_confidence: float = Field(0.001, gt=0, le=1, description="SIGIR'22 value; efficient-apriori uses standard confidence.")
+    min_size: int = Field(2, ge=2, le=5, description="Smallest itemset kept; a bundle has at least 2 items.")
+    max_size: int = Field(5, ge=2, le=10, description="SIGIR'22 mined pattern sizes 2..5.")
+    max_lines: int = Field(20, ge=1, description="Knowledge lines rendered into one prompt.")
+
+    @model_validator(mode="after")
+    def _sizes_ordered(self) -> "PatternConfig":
+        if self.min_size > self.max_size:
+            raise ValueError(f"PatternConfig: min_size {self.min_size} > max_size {self.max_size}")
+        return self
+
+
+class BaselineConfig(BaseModel, frozen=True):
+    """Non-LLM bundlers. `pattern` = SIGIR'22 detection over mined itemsets; `category` = group by leaf category."""
+
+    method: Literal["pattern", "category"] = "pattern"
+    patterns: PatternConfig = PatternConfig()

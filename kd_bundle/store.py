@@ -1,0 +1,103 @@
+"""The content-addressed artifact store: the only module that knows about Parquet files and the store root.
+
+An artifact lives at `<root>/<kind>/<sha256>.parquet`, where sha256 is the hash of the file's bytes.
+Stages pass `ArtifactRef`s (kind, hash, rows), never frames, so Prefect hashes a few bytes per input
+and a cache key is a hash of content, never of a path. The root is resolved at read time, so moving the
+store does not invalidate any key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import polars as pl
+from pydantic import BaseModel
+
+from kd_bundle.config import settings
+
+
+class ArtifactMissing(FileNotFoundError):
+    """A reference whose file is gone (deleted store, another machine's cache record)."""
+
+
+class ArtifactRef(BaseModel, frozen=True):
+    kind: str
+    sha256: str
+    rows: int
+
+    def path(self, root: Path | None = None) -> Path:
+        suffix = "" if self.kind in DIRECTORY_KINDS else ".parquet"
+        return store_root(root) / self.kind / f"{self.sha256}{suffix}"
+
+    def exists(self, root: Path | None = None) -> bool:
+        return self.path(root).exists()
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.sha256[:12]}({self.rows} rows)"
+
+
+# Kinds stored as folders (model adapters, embedding indexes) rather than one Parquet file.
+DIRECTORY_KINDS = {"adapter", "model"}
+
+
+def store_root(root: Path | None = None) -> Path:
+    return Path(root) if root is not None else settings().store
+
+
+def write_artifact(frame: pl.DataFrame, kind: str, root: Path | None = None) -> ArtifactRef:
+    """Write `frame` once under its content hash. Writing the same content twice is a no-op."""
+    folder = store_root(root) / kind
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".parquet")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        # Statistics off and one row group: the bytes then depend on the data alone, so the hash is stable.
+        frame.write_parquet(tmp, compression="zstd", statistics=False, row_group_size=max(frame.height, 1))
+        sha = _sha256_file(tmp)
+        final = folder / f"{sha}.parquet"
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return ArtifactRef(kind=kind, sha256=sha, rows=frame.height)
+
+
+def read_artifact(ref: ArtifactRef, root: Path | None = None) -> pl.DataFrame:
+    path = ref.path(root)
+    if not path.exists():
+        raise ArtifactMissing(f"artifact {ref} is missing: expected file {path}")
+    return pl.read_parquet(path)
+
+
+def write_directory(source: Path, kind: str, root: Path | None = None) -> ArtifactRef:
+    """Move a finished folder (an adapter, say) into the store under the hash of its files' names and bytes."""
+    if kind not in DIRECTORY_KINDS:
+        raise ValueError(f"write_directory: kind {kind!r} is not a directory kind {sorted(DIRECTORY_KINDS)}")
+    files = sorted(p for p in Path(source).rglob("*") if p.is_file())
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(str(f.relative_to(source)).encode())
+        digest.update(_sha256_file(f).encode())
+    ref = ArtifactRef(kind=kind, sha256=digest.hexdigest(), rows=len(files))
+    final = ref.path(root)
+    if not final.exists():
+        final.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=".tmp-"))
+        shutil.copytree(source, staging, dirs_exist_ok=True)
+        try:
+            os.replace(staging, final)
+        except OSError:  # another process landed the same content first
+            shutil.rmtree(staging, ignore_errors=True)
+    return ref
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,115 @@
+"""Project defaults for every stage task: content-hash caching, JSON results, one lock per cache key.
+
+A stage's cache key = its inputs (ArtifactRefs carry content hashes; configs are frozen pydantic models)
++ the task's own source + the source of the library modules it calls. Paths and clocks never enter it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable
+
+from prefect import Task, task
+from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
+from prefect.locking.filesystem import FileSystemLockManager
+from prefect.utilities.hashing import hash_objects
+from pydantic import BaseModel
+
+from kd_bundle.config import settings
+from kd_bundle.store import ArtifactRef
+
+
+@dataclass
+class LibraryCode(CachePolicy):
+    """Hash of the source of the kd_bundle modules a task calls: editing `metrics.py` re-scores, nothing else."""
+
+    modules: tuple[str, ...] = field(default_factory=tuple)
+
+    def compute_key(self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any) -> str:
+        sources = [inspect.getsource(importlib.import_module(name)) for name in self.modules]
+        return hash_objects(*sources, raise_on_failure=True)
+
+
+@dataclass
+class SourceFiles(CachePolicy):
+    """Hash of the bytes of raw input files named by a task's inputs (the real datasets): content, not path."""
+
+    finder: Callable[[dict[str, Any]], list[Path]] = field(default=lambda inputs: [])
+
+    def compute_key(self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any) -> str:
+        digest = hashlib.sha256()
+        for path in sorted(self.finder(inputs)):
+            digest.update(path.name.encode())
+            digest.update(path.read_bytes())
+        return digest.hexdigest()
+
+
+def _lock_manager() -> FileSystemLockManager:
+    return FileSystemLockManager(lock_files_directory=settings().store / ".locks")
+
+
+def content_policy(*modules: str, inputs: CachePolicy = INPUTS) -> CachePolicy:
+    """INPUTS + TASK_SOURCE + library code; SERIALIZABLE so two runs of one key compute it once."""
+    policy = inputs + TASK_SOURCE + LibraryCode(modules=tuple(f"kd_bundle.{m}" for m in modules))
+    return policy.configure(isolation_level="SERIALIZABLE", lock_manager=_lock_manager())
+
+
+def stage_task(*modules: str, inputs: CachePolicy = INPUTS, **options: Any) -> Callable[[Callable], "Stage"]:
+    """Decorator for one pipeline stage: `@stage_task("patterns")` over a function returning ArtifactRefs."""
+
+    def wrap(fn: Callable) -> Stage:
+        return Stage(
+            task(
+                fn,
+                cache_policy=content_policy(*modules, inputs=inputs),
+                persist_result=True,
+                result_serializer="json",
+                **options,
+            )
+        )
+
+    return wrap
+
+
+class Stage:
+    """A Prefect task that never hands back a stale reference.
+
+    Prefect caches the small ArtifactRef a task returned, but cannot know that the Parquet file it points to
+    was deleted since. Calling a Stage checks every ref in the result and recomputes the task (refreshing its
+    cache record) when one is missing. `.fn` and `.task` stay available for tests and for `.submit`.
+    """
+
+    def __init__(self, prefect_task: Task):
+        self.task = prefect_task
+        self.fn = prefect_task.fn
+        self.name = prefect_task.name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        result = self.task(*args, **kwargs)
+        if not all(ref.exists() for ref in artifact_refs(result)):
+            result = self.task.with_options(refresh_cache=True)(*args, **kwargs)
+        return result
+
+    def with_options(self, **options: Any) -> "Stage":
+        return Stage(self.task.with_options(**options))
+
+
+def artifact_refs(value: Any) -> list[ArtifactRef]:
+    """Every ArtifactRef inside a task result (a ref, a pydantic model of refs, a list or dict of them)."""
+    if isinstance(value, ArtifactRef):
+        return [value]
+    if isinstance(value, BaseModel):
+        return [r for v in value.__dict__.values() for r in artifact_refs(v)]
+    if isinstance(value, (list, tuple)):
+        return [r for v in value for r in artifact_refs(v)]
+    if isinstance(value, dict):
+        return [r for v in value.values() for r in artifact_refs(v)]
+    return []
+
+
+teacher_task = partial(stage_task, retries=2, retry_delay_seconds=[5, 30])
