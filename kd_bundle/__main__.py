@@ -1,0 +1,24 @@
+"""`python -m kd_bundle <command> ...`: each command lives in the module of its stage (lazy import keeps start-up fast)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# command -> "module:function"; each function takes argv (list[str]) and returns an exit code.
+COMMANDS = {
+    "score": "kd_bundle.metrics:cli",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in {"-h", "--help"} or argv[0] not in COMMANDS:
+        print("usage: python -m kd_bundle {" + ",".join(sorted(COMMANDS)) + "} [options]", file=sys.stderr)
+        return 0 if argv and argv[0] in {"-h", "--help"} else 2
+    module_name, function_name = COMMANDS[argv[0]].split(":")
+    return int(getattr(importlib.import_module(module_name), function_name)(argv[1:]) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
