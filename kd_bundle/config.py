@@ -31,6 +31,7 @@ class Settings(BaseSettings):
 
     data_root: Path = Field(_REPO_ROOT.parent / "shared" / "data", description="Folder with one sub-folder per domain.")
     store: Path = Field(_REPO_ROOT / ".kd-cache" / "store", description="Root of the content-addressed artifact store.")
+    results_dir: Path = Field(_REPO_ROOT / "results", description="Where flows publish their results tables.")
     teacher_base_url: str = Field("http://127.0.0.1:8765/v1", description="Any OpenAI-compatible endpoint.")
     teacher_api_key: SecretStr = Field(SecretStr("local"), description="From KD_TEACHER_API_KEY only.")
 
@@ -71,4 +72,6 @@ class BaselineConfig(BaseModel, frozen=True):
     """Non-LLM bundlers. `pattern` = SIGIR'22 detection over mined itemsets; `category` = group by leaf category."""
 
     method: Literal["pattern", "category"] = "pattern"
-    patterns: PatternConfig = PatternConfig()
+    categories: Literal["inferred", "given"] = Field(
+        "inferred", description="inferred: from titles, leak-free; given: dataset categories, known only for bundled items."
+    )

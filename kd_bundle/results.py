@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import polars as pl
+from pydantic import BaseModel
 
 RESULT_SCHEMA: dict[str, pl.DataType] = {
     "domain": pl.String,
@@ -58,3 +59,35 @@ def combine_results(frames: list[pl.DataFrame]) -> pl.DataFrame:
     if not frames:
         return pl.DataFrame(schema=RESULT_SCHEMA)
     return pl.concat([f.select(list(RESULT_SCHEMA)) for f in frames], how="vertical")
+
+
+class CellLabels(BaseModel, frozen=True):
+    """What a results row is about (everything but the scores)."""
+
+    domain: str
+    rq: str = "baseline"
+    method: str
+    knowledge_format: str = "none"
+    strategy: str = "all"
+    ratio: float = 1.0
+    utilization: str = "none"
+    model: str = ""
+    teacher_tokens: int = 0
+
+
+def scored_row(labels: CellLabels, scores: dict[str, Any], predictions_sha256: str = "") -> pl.DataFrame:
+    """A results row from labels and a metrics dict (extra metric keys are ignored)."""
+    metrics = {k: v for k, v in scores.items() if k in RESULT_SCHEMA}
+    return result_row(**labels.model_dump(), **metrics, predictions_sha256=predictions_sha256)
+
+
+def markdown_table(results: pl.DataFrame, digits: int = 3) -> str:
+    """The results rows as a markdown table: labels that vary, then the metrics and session counts."""
+    labels = [c for c in ("domain", "rq", "method", "knowledge_format", "strategy", "ratio", "utilization", "model")
+              if c in ("domain", "method") or results[c].n_unique() > 1]
+    columns = labels + METRIC_COLUMNS + ["n_scored", "n_sessions"]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in results.select(columns).iter_rows(named=True):
+        cells = [f"{v:.{digits}f}" if isinstance(v, float) else str(v) for v in row.values()]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

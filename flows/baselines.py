@@ -1,0 +1,55 @@
+"""Non-LLM baselines on the real domains: load -> mine patterns -> predict -> score -> one results table."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from prefect import flow
+from pydantic import BaseModel, Field
+
+from kd_bundle.config import DOMAINS, BaselineConfig, DataConfig, Domain, PatternConfig, settings
+from kd_bundle.results import CellLabels, markdown_table
+from kd_bundle.store import ArtifactRef, read_artifact
+from tasks.baselines import predict_baseline
+from tasks.patterns import mine_patterns
+from tasks.scoring import collect_results, publish_results, score_predictions
+from tasks.sessions import load_sessions
+
+
+class BaselineRun(BaseModel, frozen=True):
+    domains: tuple[Domain, ...] = Field(DOMAINS, description="Domains to score.")
+    max_train_sessions: int | None = Field(None, ge=1, description="Training sessions mined (None = all).")
+    max_test_sessions: int | None = Field(None, ge=1, description="Test sessions scored (None = all 180).")
+    patterns: PatternConfig = PatternConfig()
+
+
+@flow(name="baselines")
+def baselines_flow(run: BaselineRun = BaselineRun()) -> ArtifactRef:
+    """How far do non-LLM bundlers get? The pattern detector of SIGIR'22 and grouping by leaf category."""
+    rows = []
+    for domain in run.domains:
+        data = DataConfig(domain=domain, max_train_sessions=run.max_train_sessions, max_test_sessions=run.max_test_sessions)
+        all_sessions = load_sessions(data, settings().data_root)
+        patterns = mine_patterns(all_sessions, run.patterns)
+        for method in ("pattern", "category"):
+            predictions = predict_baseline(all_sessions, patterns, BaselineConfig(method=method))
+            labels = CellLabels(domain=domain, method=f"{method}-baseline")
+            rows.append(score_predictions(all_sessions, predictions, labels))
+    table = collect_results(rows)
+    publish_results(table, "baselines", settings().results_dir)
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flows.baselines", description=baselines_flow.__doc__)
+    parser.add_argument("--domain", choices=DOMAINS, action="append", help="repeatable; default: all three")
+    parser.add_argument("--max-test-sessions", type=int)
+    args = parser.parse_args(argv)
+    run = BaselineRun(domains=tuple(args.domain or DOMAINS), max_test_sessions=args.max_test_sessions)
+    print(markdown_table(read_artifact(baselines_flow(run))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
