@@ -11,13 +11,7 @@ from __future__ import annotations
 import polars as pl
 
 from kd_bundle.config import BaselineConfig
-
-PREDICTION_SCHEMA = {
-    "session_id": pl.Int64,
-    "bundles": pl.List(pl.List(pl.String)),
-    "intents": pl.List(pl.String),
-    "raw": pl.String,
-}
+from kd_bundle.predictions import PREDICTION_COLUMNS
 
 
 def infer_categories(sessions: pl.DataFrame, reference: pl.DataFrame, keep_given: bool = False) -> pl.DataFrame:
@@ -58,7 +52,7 @@ def predict_baseline(sessions: pl.DataFrame, patterns: pl.DataFrame | None, cfg:
     for row in sessions.select("session_id", "item_ids", "categories").iter_rows(named=True):
         bundles, intents = bundle_fn(row["item_ids"], row["categories"])
         rows.append(dict(session_id=row["session_id"], bundles=bundles, intents=intents, raw=None))
-    return pl.DataFrame(rows, schema=PREDICTION_SCHEMA)
+    return pl.DataFrame(rows, schema=PREDICTION_COLUMNS)
 
 
 def _pattern_bundles(items: list[str], categories: list[str | None], itemsets: list[set[str]]) -> tuple[list, list]:

@@ -20,7 +20,7 @@ def score_predictions(all_sessions: ArtifactRef, predictions: ArtifactRef, label
     return write_artifact(results.scored_row(labels, scores, predictions.sha256), "results")
 
 
-@stage_task("results")
+@stage_task("results", task_run_name="collect-results")
 def collect_results(rows: list[ArtifactRef]) -> ArtifactRef:
     return write_artifact(results.combine_results([read_artifact(row) for row in rows]), "results")
 
