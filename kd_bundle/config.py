@@ -45,6 +45,9 @@ class DataConfig(BaseModel, frozen=True):
     """Which sessions a run sees. The slice bounds keep CPU runs short; None means all."""
 
     domain: Domain = Field("electronic", description="Dataset domain.")
+    custom_dir: str | None = Field(
+        None, description="A folder with your own items/bundles tables (README: schema); replaces the domain's data."
+    )
     max_train_sessions: int | None = Field(None, ge=1, description="Keep the first N training sessions (None = all).")
     max_test_sessions: int | None = Field(
         None, ge=1, description="Keep N test sessions, stratified by length like the AICL split (None = all 180)."

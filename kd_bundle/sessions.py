@@ -42,9 +42,10 @@ class DataError(ValueError):
 
 
 def load_sessions(cfg: DataConfig, data_root: Path) -> pl.DataFrame:
-    """All sessions of one real domain in SESSION_COLUMNS, sliced as `cfg` asks."""
-    items, bundles = read_aicl_domain(Path(data_root) / cfg.domain)
-    return slice_sessions(build_sessions(items, bundles, source=f"{data_root}/{cfg.domain}"), cfg)
+    """All sessions of one real domain (or of `cfg.custom_dir`) in SESSION_COLUMNS, sliced as `cfg` asks."""
+    source = Path(cfg.custom_dir) if cfg.custom_dir else Path(data_root) / cfg.domain
+    items, bundles = read_exchange_tables(source) if cfg.custom_dir else read_aicl_domain(source)
+    return slice_sessions(build_sessions(items, bundles, source=str(source)), cfg)
 
 
 def read_aicl_domain(folder: Path) -> tuple[pl.DataFrame, pl.DataFrame]:

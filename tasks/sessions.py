@@ -17,7 +17,10 @@ _SOURCE_FILES = ["aicl/session_items.csv", "aicl/split.csv", "aicl/item_titles.c
 
 
 def _domain_files(inputs: dict[str, Any]) -> list[Path]:
-    folder = Path(inputs["data_root"]) / inputs["cfg"].domain
+    cfg: DataConfig = inputs["cfg"]
+    if cfg.custom_dir:
+        return sorted(Path(cfg.custom_dir).glob("*.csv")) + sorted(Path(cfg.custom_dir).glob("*.parquet"))
+    folder = Path(inputs["data_root"]) / cfg.domain
     return [folder / name for name in _SOURCE_FILES if (folder / name).exists()]
 
 
