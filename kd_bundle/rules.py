@@ -63,6 +63,7 @@ FEEDBACK_TEMPLATE = (
     "your answer. Please output the adjusted bundles with the format: {{'bundle number':'product number'}}."
 )
 CORRECT, HALLUCINATED = 0, 5
+_MARKER = re.compile(r"^\s*(?:[-•#>]+|\(?\d+[.):]|rule\s*\d*\s*[:.])\s*", re.I)
 
 
 class RuleConfig(BaseModel, frozen=True):
@@ -135,8 +136,9 @@ def split_rules(summary: str, cfg: RuleConfig) -> list[str]:
         lines = re.split(r"(?<=[.!?])\s+", (summary or "").strip())
     rules = []
     for line in lines:
-        text = re.sub(r"^\s*(?:[-*•#]+|\(?\d+[.):]|rule\s*\d*\s*[:.])\s*", "", line, flags=re.I)
-        text = re.sub(r"[*_`]+", "", text).strip()
+        text = re.sub(r"[*_`]+", "", line).strip()
+        while (stripped := _MARKER.sub("", text, count=1)) != text:  # "- 2. Rule 3:" -> ""
+            text = stripped
         if len(re.findall(r"[A-Za-z]{2,}", text)) >= cfg.min_rule_words and not text.endswith("?") and text not in rules:
             rules.append(text)
     return rules[: cfg.max_rules_per_session]
