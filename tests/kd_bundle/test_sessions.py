@@ -296,7 +296,7 @@ def test_wrong_type_in_bundles(tmp_path: Path) -> None:
 @pytest.mark.xfail(
     strict=True,
     raises=pl.exceptions.InvalidOperationError,
-    reason="sessions.py _cast_checked (line ~229): when the strict cast fails, the fallback "
+    reason="sessions.py _cast_checked (line 230): when the strict cast fails, the fallback "
     "`cast(dtype, strict=False)` raises polars InvalidOperationError itself for a non-castable type "
     "(Int64 -> List(String)), so a wrong-typed Parquet item_ids column escapes as a raw polars error, not DataError",
 )
@@ -326,7 +326,7 @@ def test_unknown_split(tmp_path: Path) -> None:
 @pytest.mark.xfail(
     strict=True,
     raises=pytest.fail.Exception,  # DID NOT RAISE
-    reason="sessions.py _check_items line 240: `~pl.col('split').is_in(SPLITS)` is null for a null split, so "
+    reason="sessions.py _check_items (line 241): `~pl.col('split').is_in(SPLITS)` is null for a null split, so "
     "filter() drops the row and an empty/null split passes; the session then belongs to no split and "
     "slice_sessions silently drops it",
 )
@@ -370,7 +370,7 @@ def test_bundle_with_one_item(tmp_path: Path) -> None:
 @pytest.mark.xfail(
     strict=True,
     raises=pytest.fail.Exception,  # DID NOT RAISE
-    reason="sessions.py _check_bundles line 255 counts list entries, not distinct items: the bundle 'd,d' is the "
+    reason="sessions.py _check_bundles (line 256) counts list entries, not distinct items: the bundle 'd,d' is the "
     "one-item set {d} (metrics drop such generated bundles) but passes as a 2-item ground-truth bundle",
 )
 def test_bundle_with_one_distinct_item(tmp_path: Path) -> None:
