@@ -1,0 +1,33 @@
+"""Teacher tasks: thin wrappers that write refs; stable content hashes across reruns; cached under Prefect."""
+
+from __future__ import annotations
+
+from kd_bundle.config import DataConfig, settings
+from kd_bundle.rules import RuleConfig
+from kd_bundle.sessions import load_sessions
+from kd_bundle.store import read_artifact, write_artifact
+from kd_bundle.teacher import TeacherConfig
+from kd_bundle.teacher_baseline import TeacherPredictConfig
+from kd_bundle.thoughts import ThoughtConfig
+from tasks.teacher import distill_rules, distill_thoughts, teacher_predict
+from tests.kd_bundle.openai_stub import stub, teacher_env  # noqa: F401
+
+TEACHER = TeacherConfig(model="stub-teacher", max_tokens=64)
+
+
+def test_teacher_tasks_write_refs_and_rerun_for_free(stub):
+    frame = load_sessions(DataConfig(domain="electronic", max_train_sessions=3, max_test_sessions=2), settings().data_root)
+    sessions = write_artifact(frame, "sessions")
+    rules = distill_rules.fn(sessions, "electronic", RuleConfig(), TEACHER)
+    thoughts = distill_thoughts.fn(sessions, "electronic", ThoughtConfig(), TEACHER)
+    predicted = teacher_predict.fn(sessions, TeacherPredictConfig(), TEACHER)
+    assert rules.session_rules.rows == 3 and rules.rules.rows >= 1 and thoughts.thoughts.rows == 3
+    assert predicted.predictions.rows == 2 and predicted.tokens > 0
+    assert read_artifact(rules.usage)["from_cache"].not_().all()
+    paid = stub.attempts
+
+    again = distill_rules.fn(sessions, "electronic", RuleConfig(), TEACHER)
+    assert stub.attempts == paid  # the request cache answers everything
+    assert again.session_rules == rules.session_rules and again.rules == rules.rules  # same content, same hash
+    assert read_artifact(again.usage)["from_cache"].all()
+    assert teacher_predict.fn(sessions, TeacherPredictConfig(), TEACHER).predictions == predicted.predictions
