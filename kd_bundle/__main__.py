@@ -8,6 +8,8 @@ import sys
 # command -> "module:function"; each function takes argv (list[str]) and returns an exit code.
 COMMANDS = {
     "score": "kd_bundle.metrics:cli",
+    "distill": "kd_bundle.distill:cli",  # distill {rules,thoughts,baseline} through the teacher
+    "teacher-server": "kd_bundle.teacher_server:cli",  # start/stop/status of the embedded teacher; usage export
 }
 
 

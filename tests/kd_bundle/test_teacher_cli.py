@@ -1,0 +1,44 @@
+"""`python -m kd_bundle distill ...` and `teacher-server`, against a loopback stub; the real SmolLM2 run is slow."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from kd_bundle.__main__ import main
+from tests.kd_bundle.openai_stub import electronic_sessions, stub, teacher_env  # noqa: F401
+
+
+def test_distill_commands_run_and_a_rerun_sends_nothing(stub, capsys):
+    args = ["--domain", "electronic", "--max-train-sessions", "2", "--max-test-sessions", "2", "--model", "stub-teacher",
+            "--no-server"]
+    assert main(["distill", "rules", *args]) == 0
+    assert main(["distill", "thoughts", *args]) == 0
+    assert main(["distill", "baseline", *args, "--with-rules"]) == 0
+    out = capsys.readouterr().out
+    assert "session_rules:" in out and "thoughts:" in out and "| teacher |" in out
+    paid = stub.attempts
+    assert main(["distill", "rules", *args]) == 0
+    assert stub.attempts == paid and "(0 sent, " in capsys.readouterr().out
+    assert main(["teacher-server", "usage"]) == 0
+    assert f"{paid} answered requests" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_real_smollm2_teacher_through_the_embedded_server(teacher_env, electronic_sessions, monkeypatch):
+    """The real path: llm-katan's transformers backend serving the converted SmolLM2 folder (~1 min on 2 cores)."""
+    from kd_bundle.rules import RuleConfig, distill_rules
+    from kd_bundle.teacher import TeacherClient, TeacherConfig
+    from kd_bundle.teacher_server import embedded_teacher, is_listening
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("KD_TEACHER_BASE_URL", f"http://127.0.0.1:{port}/v1")
+    sessions = electronic_sessions.head(0).vstack(electronic_sessions.filter(electronic_sessions["split"] == "train").head(1))
+    with embedded_teacher("smollm2"), TeacherClient(TeacherConfig(max_tokens=32)) as client:
+        session_rules, _ = distill_rules(sessions, "electronic", RuleConfig(feedback_rounds=1), client)
+        assert client.progress().sent >= 2
+    assert not is_listening("127.0.0.1", port)
+    assert session_rules.height == 1 and session_rules["summary"][0]  # weak knowledge, real path
