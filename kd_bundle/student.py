@@ -1,0 +1,347 @@
+"""The student: load it by name or path, and fine-tune a QLoRA adapter on knowledge-augmented examples.
+
+`train_student` has the TRL/PEFT shape: seed -> model (NF4 4-bit + LoRA from the config) -> dataset (length buckets
+under a token budget, so almost no compute goes to padding) -> a plain AdamW loop -> save the adapter with its
+configs. 4-bit runs on CUDA and on CPU (bitsandbytes >= 0.48 ships a CPU backend); where loading in 4-bit fails, it
+trains plain LoRA and logs a warning. torch/transformers/peft are imported inside functions, so importing
+kd_bundle stays fast. `python -m kd_bundle.student cfg.json` runs one training outside Prefect (see `_main`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import polars as pl
+from pydantic import BaseModel, Field
+
+from kd_bundle.icl import EXAMPLE_COLUMNS, ICLConfig, build_sft_examples
+
+log = logging.getLogger(__name__)
+
+
+class StudentConfig(BaseModel, frozen=True):
+    """Which model is the student and how it generates (shared by ICL, SFT and SFT+ICL)."""
+
+    model: str = Field("smollm2", description="'smollm2' (shipped SmolLM2-135M-Instruct), an HF name in the local cache, or a folder.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="auto = bf16 on CUDA, fp32 on CPU.")
+    max_context: int | None = Field(None, ge=64, description="Prompt + answer token cap; None = the model's own window.")
+    max_new_tokens: int = Field(192, ge=1, le=4096, description="Bound on generated tokens; 10 bundles of 3 products ~ 150.")
+    batch_size: int = Field(16, ge=1, description="Prompts generated together (left padded, sorted by length).")
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 = greedy decoding, the default for scoring.")
+    load_in_4bit: bool = Field(False, description="NF4 base at inference; an adapter trained in 4-bit also applies to a bf16 base.")
+
+
+class SFTConfig(BaseModel, frozen=True):
+    """QLoRA hyper-parameters and which knowledge the training examples carry."""
+
+    knowledge: ICLConfig = Field(
+        ICLConfig(formats=(), demonstrations=1, max_lines=10),
+        description="Retrieved knowledge in the training input (patterns, rules ...); () = plain session -> bundles.",
+    )
+    reasoning: bool = Field(False, description="Thoughts as the reasoning before the answer (needs a thoughts frame).")
+    quantization: Literal["nf4", "none"] = Field("nf4", description="nf4 = QLoRA (Dettmers et al. 2023); none = LoRA.")
+    lora_r: int = Field(16, ge=1, description="LoRA rank; the issue's H100 reference used r=16.")
+    lora_alpha: int = Field(32, ge=1, description="Scale alpha/r = 2, the common QLoRA setting.")
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0, description="QLoRA paper used 0.05 for small models.")
+    target_modules: str | tuple[str, ...] = Field("all-linear", description="peft target modules; all-linear as in QLoRA.")
+    learning_rate: float = Field(2e-4, gt=0, description="QLoRA paper's rate for 7B-13B models.")
+    weight_decay: float = Field(0.0, ge=0.0)
+    warmup_steps: int = Field(10, ge=0, description="Linear warm-up, then linear decay to 0.")
+    epochs: float = Field(2.0, gt=0, description="Passes over the examples; ignored when max_steps is set.")
+    max_steps: int | None = Field(None, ge=1, description="Optimizer steps; overrides epochs (smoke runs).")
+    batch_tokens: int = Field(4096, ge=64, description="Token budget of one batch: rows x longest row in its bucket.")
+    max_batch_size: int = Field(16, ge=1, description="Rows per batch at most, whatever the budget.")
+    max_length: int = Field(2048, ge=64, description="Tokens per example; knowledge is cut to fit, never the answer.")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory (on for 8B models).")
+    max_grad_norm: float = Field(1.0, gt=0)
+    seed: int = Field(0)
+
+
+SMOKE = SFTConfig(max_steps=2, warmup_steps=0, batch_tokens=512, lora_r=4, lora_alpha=8)
+
+
+class TrainResult(BaseModel, frozen=True):
+    adapter_dir: Path
+    steps: int
+    examples: int
+    train_tokens: int = Field(description="Real (non-padding) tokens processed, all steps.")
+    padded_tokens: int = Field(description="Tokens processed including padding.")
+    seconds: float
+    tokens_per_second: float
+    peak_memory_bytes: int
+    quantized: bool
+    losses: list[float]
+
+
+class StudentModelError(RuntimeError):
+    """A student that cannot be used: missing, without weights, or without a chat template."""
+
+
+# ----------------------------------------------------------------------------------------------- loading
+
+
+def load_tokenizer(cfg: StudentConfig) -> Any:
+    """The student's tokenizer, left-padded for generation; a tokenizer without a chat template is an error."""
+    from transformers import AutoTokenizer
+
+    path = model_path(cfg)
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    if not getattr(tokenizer, "chat_template", None):
+        raise StudentModelError(
+            f"student {cfg.model!r} ({path}): the tokenizer has no chat template; use an instruct/chat model "
+            "or add `chat_template` to its tokenizer_config.json"
+        )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def load_student(cfg: StudentConfig, adapter: Path | None = None) -> tuple[Any, Any]:
+    """(model, tokenizer) ready for generation; with `adapter`, the LoRA is applied (merged when not 4-bit)."""
+    tokenizer = load_tokenizer(cfg)
+    model, quantized = _load_base(cfg, quantize=cfg.load_in_4bit)
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter))
+        if not quantized:
+            model = model.merge_and_unload()  # one matmul per layer again: faster generation
+    return model.eval(), tokenizer
+
+
+def model_path(cfg: StudentConfig) -> Path:
+    from kd_bundle.models import ModelUnavailable, resolve_model_path
+
+    try:
+        return resolve_model_path(cfg.model)
+    except ModelUnavailable as exc:
+        raise StudentModelError(f"student {cfg.model!r}: {exc}") from exc
+
+
+def context_window(model: Any, cfg: StudentConfig) -> int:
+    window = int(getattr(model.config, "max_position_embeddings", 0) or 2048)
+    return min(window, cfg.max_context) if cfg.max_context else window
+
+
+# ----------------------------------------------------------------------------------------------- training
+
+
+def train_adapter(
+    sessions: pl.DataFrame,
+    retrieved: pl.DataFrame,
+    thoughts: pl.DataFrame | None,
+    student: StudentConfig,
+    cfg: SFTConfig,
+    out_dir: Path,
+) -> TrainResult:
+    """Build the SFT examples (knowledge in the input, thoughts as reasoning) and train an adapter into `out_dir`."""
+    if cfg.reasoning and thoughts is None:
+        raise ValueError("train_adapter: SFTConfig.reasoning needs a thoughts frame")
+    tokenizer = load_tokenizer(student)
+    examples = build_sft_examples(
+        sessions, retrieved, thoughts if cfg.reasoning else None, tokenizer, cfg.knowledge, cfg.max_length
+    )
+    return train_student(examples, student, cfg, out_dir)
+
+
+def train_student(examples: pl.DataFrame, student: StudentConfig, cfg: SFTConfig, out_dir: Path) -> TrainResult:
+    """QLoRA (or LoRA) on prompt/completion pairs; loss on the completion only. Saves adapter + configs in `out_dir`."""
+    import torch
+
+    missing = [c for c in EXAMPLE_COLUMNS if c not in examples.columns]
+    if missing or examples.height == 0:
+        raise ValueError(f"train_student: need a non-empty frame with {EXAMPLE_COLUMNS}; missing {missing}")
+    # 1) seed, 2) model with LoRA, 3) length-bucketed batches, 4) AdamW loop, 5) save
+    _seed_everything(cfg.seed)
+    tokenizer = load_tokenizer(student)
+    model, quantized = _trainable_model(student, cfg)
+    rows = _tokenize(examples, tokenizer, cfg.max_length)
+    batches = bucket_batches([len(ids) for ids, _ in rows], cfg.batch_tokens, cfg.max_batch_size)
+    steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(batches)))
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate, weight_decay=cfg.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, cfg.warmup_steps, steps))
+    device = next(model.parameters()).device
+    model.train()
+    losses, real, padded = [], 0, 0
+    started = time.perf_counter()
+    for step, batch in zip(range(steps), _cycle(batches, cfg.seed)):
+        inputs = _collate([rows[i] for i in batch], tokenizer.pad_token_id, device)
+        loss = model(**inputs).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(round(float(loss.detach()), 5))
+        real += int(inputs["attention_mask"].sum())
+        padded += inputs["attention_mask"].numel()
+        log.info("sft step %d/%d loss %.4f", step + 1, steps, losses[-1])
+    seconds = time.perf_counter() - started
+    _save_adapter(model, student, cfg, out_dir, losses)
+    return TrainResult(
+        adapter_dir=out_dir, steps=len(losses), examples=examples.height, train_tokens=real, padded_tokens=padded,
+        seconds=seconds, tokens_per_second=real / max(seconds, 1e-9), peak_memory_bytes=peak_memory_bytes(),
+        quantized=quantized, losses=losses,
+    )
+
+
+def bucket_batches(lengths: list[int], batch_tokens: int, max_batch_size: int) -> list[list[int]]:
+    """Indices grouped by similar length, each group's rows x longest length within `batch_tokens` (one row always fits)."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:  # ascending, so the newest row is the longest of its batch
+        if current and ((len(current) + 1) * lengths[i] > batch_tokens or len(current) >= max_batch_size):
+            batches.append(current)
+            current = []
+        current.append(i)
+    return batches + ([current] if current else [])
+
+
+def peak_memory_bytes() -> int:
+    """Peak GPU memory allocated on CUDA; the process's peak resident memory otherwise."""
+    import torch
+
+    if torch.cuda.is_available():
+        return int(torch.cuda.max_memory_allocated())
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
+
+
+# ---------------------------------------------------------------------------------------------- private
+
+
+def _load_base(cfg: StudentConfig, quantize: bool) -> tuple[Any, bool]:
+    """(model, is_4bit). NF4 with double quantization when asked; a failure to load 4-bit falls back, with a warning."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = model_path(cfg)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = _dtype(cfg.dtype, device)
+    if quantize:
+        try:
+            from transformers import BitsAndBytesConfig
+
+            bnb = BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=True
+            )
+            model = AutoModelForCausalLM.from_pretrained(str(path), quantization_config=bnb, device_map={"": device}, dtype=dtype)
+            return model, True
+        except Exception as exc:  # bitsandbytes missing, no backend for this device, unsupported layer shapes ...
+            log.warning("4-bit NF4 loading failed on %s (%s: %s); using plain LoRA in %s", device, type(exc).__name__, exc, dtype)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+    except OSError as exc:
+        raise StudentModelError(f"student {cfg.model!r} ({path}): cannot load weights: {exc}") from exc
+    return model.to(device), False
+
+
+def _trainable_model(student: StudentConfig, cfg: SFTConfig) -> tuple[Any, bool]:
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    model, quantized = _load_base(student, quantize=cfg.quantization == "nf4")
+    if quantized:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    elif cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()
+    model.config.use_cache = False
+    targets = cfg.target_modules if isinstance(cfg.target_modules, str) else list(cfg.target_modules)
+    lora = LoraConfig(
+        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets,
+        bias="none", task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora), quantized
+
+
+def _tokenize(examples: pl.DataFrame, tokenizer: Any, max_length: int) -> list[tuple[list[int], list[int]]]:
+    """(input_ids, labels) per example; prompt tokens are masked with -100. Over-long examples are an error."""
+    rows = []
+    for sid, prompt, completion in examples.select(EXAMPLE_COLUMNS).iter_rows():
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        answer_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+        ids = prompt_ids + answer_ids
+        if len(ids) > max_length:
+            raise ValueError(f"train_student: session {sid} has {len(ids)} tokens > max_length {max_length}")
+        rows.append((ids, [-100] * len(prompt_ids) + answer_ids))
+    return rows
+
+
+def _collate(rows: list[tuple[list[int], list[int]]], pad_id: int, device: Any) -> dict[str, Any]:
+    import torch
+
+    width = max(len(ids) for ids, _ in rows)
+    ids = [r + [pad_id] * (width - len(r)) for r, _ in rows]  # right padding for training
+    labels = [lab + [-100] * (width - len(lab)) for _, lab in rows]
+    mask = [[1] * len(r) + [0] * (width - len(r)) for r, _ in rows]
+    as_tensor = lambda x: torch.tensor(x, dtype=torch.long, device=device)  # noqa: E731
+    return {"input_ids": as_tensor(ids), "attention_mask": as_tensor(mask), "labels": as_tensor(labels)}
+
+
+def _cycle(batches: list[list[int]], seed: int):
+    rng = random.Random(seed)
+    while True:
+        order = list(batches)
+        rng.shuffle(order)  # buckets keep their rows; only the order of buckets is random
+        yield from order
+
+
+def _lr_factor(step: int, warmup: int, total: int) -> float:
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def _save_adapter(model: Any, student: StudentConfig, cfg: SFTConfig, out_dir: Path, losses: list[float]) -> None:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for peft_config in model.peft_config.values():
+        peft_config.base_model_name_or_path = student.model  # a name, not this machine's cache path
+    model.save_pretrained(str(out_dir))
+    (out_dir / "student_config.json").write_text(student.model_dump_json(indent=1))
+    (out_dir / "sft_config.json").write_text(cfg.model_dump_json(indent=1))
+    (out_dir / "losses.json").write_text(json.dumps(losses))
+
+
+def _dtype(name: str, device: str) -> Any:
+    import torch
+
+    if name == "auto":
+        return torch.bfloat16 if device == "cuda" else torch.float32
+    return getattr(torch, name)
+
+
+def _seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _main(argv: list[str]) -> int:
+    """`python -m kd_bundle.student cfg.json`: {"sessions": parquet, "retrieved": parquet, "thoughts": parquet|null,
+    "student": {...}, "sft": {...}, "out_dir": folder}. Prints the TrainResult as JSON."""
+    spec = json.loads(Path(argv[0]).read_text())
+    read = lambda key: pl.read_parquet(spec[key]) if spec.get(key) else None  # noqa: E731
+    result = train_adapter(
+        read("sessions"), read("retrieved"), read("thoughts"), StudentConfig(**spec.get("student", {})),
+        SFTConfig(**spec.get("sft", {})), Path(spec["out_dir"]),
+    )
+    print(result.model_dump_json(indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    sys.exit(_main(sys.argv[1:]))

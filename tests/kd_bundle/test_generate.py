@@ -1,0 +1,58 @@
+"""Batched generation on a tiny random Llama: left padding changes nothing, answers parse into a predictions frame."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+from kd_bundle.generate import _prediction, generate_texts, predict_sessions
+from kd_bundle.icl import ICLConfig
+from kd_bundle.predictions import PREDICTION_COLUMNS
+from kd_bundle.retrieval import RetrievalConfig, build_index, embed_sessions, retrieve_knowledge
+from kd_bundle.student import StudentConfig, load_student
+from tests.kd_bundle.tiny_student import build_tiny_student, tiny_sessions
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory) -> StudentConfig:
+    return StudentConfig(model=str(build_tiny_student(tmp_path_factory.mktemp("tiny"))), max_new_tokens=12, batch_size=4)
+
+
+def test_batched_left_padded_generation_matches_one_prompt_at_a_time(student):
+    import torch
+
+    model, tokenizer = load_student(student)
+    torch.manual_seed(1)
+    with torch.no_grad():  # larger random weights: outputs differ from prompt to prompt, so the check has teeth
+        for weight in (p for p in model.parameters() if p.dim() > 1):
+            weight.normal_(0, 0.5)
+    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": "phone case " * n}], tokenize=False,
+                                             add_generation_prompt=True) for n in (1, 7, 3, 12, 2)]
+    batched = generate_texts(model, tokenizer, prompts, student)
+    single = generate_texts(model, tokenizer, prompts, student.model_copy(update={"batch_size": 1}))
+    assert batched == single and len(set(batched)) == len(prompts)
+
+
+def test_answers_are_parsed_after_the_marker_and_mapped_to_item_ids():
+    items = ["A", "B", "C", "D"]
+    text = "Reasoning: ['product1', 'product2'] are similar.\nBundles: {'bundle1': ['product1', 'product3', 'product1']}"
+    assert _prediction(7, items, text) == {"session_id": 7, "bundles": [["A", "C"]], "intents": None, "raw": text}
+    hallucinated = _prediction(7, items, "Bundles: {'bundle1': ['product2', 'product9']}")
+    assert hallucinated["bundles"] is None and "product9" in hallucinated["raw"]
+    assert _prediction(7, items, "I cannot tell.")["bundles"] is None
+
+
+def test_icl_predictions_cover_every_test_session(student):
+    sessions = tiny_sessions()
+    cfg = RetrievalConfig(method="tfidf", k=2, tfidf_features=64)
+    embeddings = embed_sessions(sessions, cfg)
+    retrieved = retrieve_knowledge(sessions, embeddings, build_index(embeddings, sessions), {"raw": sessions}, cfg)
+    predictions = predict_sessions(sessions, retrieved, student, ICLConfig(demonstrations=2))
+    assert predictions.schema == pl.Schema(PREDICTION_COLUMNS)
+    assert predictions["session_id"].to_list() == [7, 8]
+    assert predictions["raw"].null_count() == 0  # random weights rarely parse, but the raw text is always kept
+    with pytest.raises(ValueError, match="no 'valid' sessions"):
+        predict_sessions(sessions, retrieved, student, ICLConfig(), split="valid")
+    with pytest.raises(ValueError, match="context window"):
+        predict_sessions(sessions, retrieved, student.model_copy(update={"max_context": 64, "max_new_tokens": 64}),
+                         ICLConfig())

@@ -1,0 +1,107 @@
+"""Student loading errors, length bucketing, QLoRA/LoRA training on a tiny random Llama; one slow real-SmolLM2 run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+
+import polars as pl
+import pytest
+
+from kd_bundle.icl import ICLConfig, build_sft_examples
+from kd_bundle.student import (
+    SMOKE,
+    StudentConfig,
+    StudentModelError,
+    bucket_batches,
+    load_student,
+    load_tokenizer,
+    train_student,
+)
+from kd_bundle.store import write_directory
+from tests.kd_bundle.tiny_student import build_tiny_student, tiny_sessions
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return build_tiny_student(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def examples(tiny) -> pl.DataFrame:
+    tokenizer = load_tokenizer(StudentConfig(model=str(tiny)))
+    return build_sft_examples(tiny_sessions(), None, None, tokenizer, ICLConfig(formats=()), 1024)
+
+
+def test_missing_model_weightless_folder_and_absent_chat_template_are_clear_errors(tiny, tmp_path):
+    with pytest.raises(StudentModelError, match="neither a local folder nor in the local Hugging Face cache"):
+        load_tokenizer(StudentConfig(model="nobody/no-such-model"))
+    weightless = tmp_path / "weightless"
+    weightless.mkdir()
+    shutil.copy(tiny / "config.json", weightless / "config.json")
+    with pytest.raises(StudentModelError, match="no weights"):
+        load_student(StudentConfig(model=str(weightless)))
+    untemplated = tmp_path / "untemplated"
+    shutil.copytree(tiny, untemplated)
+    (untemplated / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((untemplated / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (untemplated / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.raises(StudentModelError, match="no chat template"):
+        load_tokenizer(StudentConfig(model=str(untemplated)))
+
+
+def test_buckets_cover_every_example_once_within_the_budget():
+    lengths = [150 + (i * 37) % 400 for i in range(300)] + [2000]  # SFT prompts: a few hundred tokens, one outlier
+    batches = bucket_batches(lengths, batch_tokens=4096, max_batch_size=16)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for batch in batches:
+        assert len(batch) <= 16
+        assert len(batch) == 1 or len(batch) * max(lengths[i] for i in batch) <= 4096
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    assert padded - sum(lengths) < 0.05 * sum(lengths)  # similar lengths share a batch: under 5% padding
+
+
+def test_qlora_trains_in_4bit_on_cpu_and_saves_a_content_addressed_adapter(tiny, examples, tmp_path):
+    student = StudentConfig(model=str(tiny))
+    result = train_student(examples, student, SMOKE, tmp_path / "adapter")
+    assert result.quantized and result.steps == 2 and all(loss > 0 for loss in result.losses)
+    assert result.train_tokens <= result.padded_tokens and result.tokens_per_second > 0
+    files = {p.name for p in result.adapter_dir.iterdir()}
+    assert {"adapter_model.safetensors", "adapter_config.json", "sft_config.json", "student_config.json"} <= files
+    adapter_config = json.loads((result.adapter_dir / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == str(tiny) and adapter_config["r"] == SMOKE.lora_r
+    ref = write_directory(result.adapter_dir, "adapter", root=tmp_path / "store")
+    assert ref.kind == "adapter" and (ref.path(tmp_path / "store") / "adapter_model.safetensors").exists()
+    model, _ = load_student(student, ref.path(tmp_path / "store"))
+    assert not any("lora" in name for name, _ in model.named_parameters())  # merged into the base
+
+
+def test_plain_lora_is_deterministic_and_learns(tiny, examples, tmp_path):
+    cfg = SMOKE.model_copy(update={"quantization": "none", "max_steps": 6, "learning_rate": 3e-3})
+    student = StudentConfig(model=str(tiny))
+    first = train_student(examples, student, cfg, tmp_path / "a")
+    second = train_student(examples, student, cfg, tmp_path / "b")
+    assert not first.quantized and first.losses == second.losses
+    assert write_directory(first.adapter_dir, "adapter", tmp_path / "s") == write_directory(
+        second.adapter_dir, "adapter", tmp_path / "s")  # same data and settings: same adapter hash
+    assert min(first.losses[-2:]) < first.losses[0]
+
+
+def test_a_failed_4bit_load_falls_back_to_lora_with_a_warning(tiny, examples, tmp_path, monkeypatch, caplog):
+    import transformers
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no bitsandbytes backend for this device")
+
+    monkeypatch.setattr(transformers, "BitsAndBytesConfig", broken)
+    with caplog.at_level(logging.WARNING, logger="kd_bundle.student"):
+        result = train_student(examples, StudentConfig(model=str(tiny)), SMOKE, tmp_path / "adapter")
+    assert not result.quantized and "using plain LoRA" in caplog.text
+
+
+def test_training_needs_examples(tiny, tmp_path):
+    with pytest.raises(ValueError, match="non-empty frame"):
+        train_student(pl.DataFrame({"session_id": [], "prompt": [], "completion": []}),
+                      StudentConfig(model=str(tiny)), SMOKE, tmp_path)
