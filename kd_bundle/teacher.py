@@ -163,8 +163,8 @@ class RequestCache:
             )
 
     def usage(self, keys: Iterable[str] | None = None) -> pl.DataFrame:
-        query = "SELECT request_key, model, endpoint, prompt_tokens, completion_tokens, cost, latency_s," \
-                " finish_reason, answered_at FROM answers"
+        query = ("SELECT request_key, model, endpoint, prompt_tokens, completion_tokens, cost, latency_s,"
+                 " finish_reason, answered_at FROM answers")
         with self._lock:
             rows = self._db.execute(query).fetchall()
         names = [c for c in USAGE_COLUMNS if c != "from_cache"]
@@ -242,7 +242,7 @@ class TeacherClient:
         answers are cached), and the error is raised."""
         results: list[Any] = [None] * len(items)
         done, last_report = 0, time.monotonic()
-        self._report(label, 0, len(items), force=True)
+        self._report(label, 0, len(items))
         with ThreadPoolExecutor(max_workers=self.client_settings.max_concurrency, thread_name_prefix="teacher") as pool:
             futures = {pool.submit(fn, item): index for index, item in enumerate(items)}
             pending = set(futures)
@@ -252,14 +252,14 @@ class TeacherClient:
                     if future.exception() is not None:
                         for other in pending:
                             other.cancel()
-                        self._report(label, done, len(items), force=True)
+                        self._report(label, done, len(items))
                         raise future.exception()  # type: ignore[misc]
                     results[futures[future]] = future.result()
                     done += 1
                 if time.monotonic() - last_report >= self.client_settings.progress_every_s:
                     last_report = time.monotonic()
-                    self._report(label, done, len(items), force=True)
-        self._report(label, done, len(items), force=True)
+                    self._report(label, done, len(items))
+        self._report(label, done, len(items))
         return results
 
     def progress(self, label: str = "requests", done: int = 0, total: int = 0) -> Progress:
@@ -369,7 +369,7 @@ class TeacherClient:
             c.tokens += completion.prompt_tokens + completion.completion_tokens
             c.keys.setdefault(completion.request_key, completion.from_cache)
 
-    def _report(self, label: str, done: int, total: int, force: bool = False) -> None:
+    def _report(self, label: str, done: int, total: int) -> None:
         snapshot = self.progress(label, done, total)
         log.info(snapshot.line())
         if self.on_progress is not None:

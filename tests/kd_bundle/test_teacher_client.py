@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 
 import polars as pl
 import pytest
@@ -24,7 +23,14 @@ from kd_bundle.teacher import (
     export_usage,
     request_cache_path,
 )
-from tests.kd_bundle.openai_stub import DROP, SECRET_KEY, StubOpenAI, bundle_teacher, electronic_sessions, stub, teacher_env  # noqa: F401
+from tests.kd_bundle.openai_stub import (  # noqa: F401  (fixtures are used by name)
+    DROP,
+    SECRET_KEY,
+    StubOpenAI,
+    electronic_sessions,
+    stub,
+    teacher_env,
+)
 
 CFG = TeacherConfig(model="stub-teacher", max_tokens=64)
 
@@ -190,7 +196,6 @@ def test_embedded_llm_katan_server_starts_answers_and_stops(teacher_env, monkeyp
     base_url = f"http://127.0.0.1:{port}/v1"
     monkeypatch.setenv("KD_TEACHER_BASE_URL", base_url)
     monkeypatch.setenv("KD_TEACHER_MAX_RETRIES", "1")
-    started = time.monotonic()
     from kd_bundle import teacher_server
 
     info = teacher_server.start_server("echo-teacher", backend="echo", extra_args=["--rate-limit-after", "2"])
@@ -206,7 +211,6 @@ def test_embedded_llm_katan_server_starts_answers_and_stops(teacher_env, monkeyp
     finally:
         assert teacher_server.stop_server(port)
     assert not is_listening("127.0.0.1", port) and server_info(port) is None
-    assert time.monotonic() - started < 30
     with embedded_teacher("echo-teacher", base_url, backend="echo") as started_info:  # starts and stops by itself
         assert started_info is not None and is_listening("127.0.0.1", port)
     assert not is_listening("127.0.0.1", port)
