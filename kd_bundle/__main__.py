@@ -10,6 +10,7 @@ COMMANDS = {
     "score": "kd_bundle.metrics:cli",
     "distill": "kd_bundle.distill:cli",  # distill {rules,thoughts,baseline} through the teacher
     "teacher-server": "kd_bundle.teacher_server:cli",  # start/stop/status of the embedded teacher; usage export
+    "report": "kd_bundle.report:cli",
 }
 
 

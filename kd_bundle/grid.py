@@ -83,8 +83,8 @@ class RQ3Grid(_GridPart, frozen=True):
     """RQ3: how should the student use the knowledge: in the prompt, in its weights, or both?"""
 
     utilizations: tuple[Utilization, ...] = Field(UTILIZATIONS, description="Utilization methods compared.")
-    train_formats: tuple[KnowledgeFormat, ...] = Field(KNOWLEDGE_FORMATS, description="Knowledge the SFT stage trains on.")
-    prompt_formats: tuple[KnowledgeFormat, ...] = Field(KNOWLEDGE_FORMATS, description="Knowledge the ICL stage retrieves.")
+    train_formats: tuple[KnowledgeFormat, ...] = Field(KNOWLEDGE_FORMATS, description="Knowledge SFT trains on.")
+    prompt_formats: tuple[KnowledgeFormat, ...] = Field(KNOWLEDGE_FORMATS, description="Knowledge ICL retrieves.")
 
 
 class GridConfig(_GridPart, frozen=True):
@@ -137,8 +137,9 @@ class Cell(BaseModel, frozen=True):
     @property
     def name(self) -> str:
         """A short unique run name, e.g. 'food-rq2-sft-rules-random-0.3'."""
-        fields = self.result_fields()
-        return f"{self.domain}-{self.rq}-{self.utilization}-{fields['knowledge_format']}-{fields['strategy']}-{self.ratio:g}"
+        labels = self.result_fields()
+        knowledge, strategy = labels["knowledge_format"], labels["strategy"]
+        return f"{self.domain}-{self.rq}-{self.utilization}-{knowledge}-{strategy}-{self.ratio:g}"
 
     def result_fields(self) -> dict[str, Any]:
         """The cell's columns of a results row (kd_bundle.results.result_row)."""

@@ -44,7 +44,7 @@ class SamplingConfig(BaseModel, frozen=True):
     """How much of the training knowledge a cell sees, and which part (RQ2)."""
 
     strategy: Literal["random", "length", "diversity", "difficulty"] = Field(
-        "random", description="Which sessions to keep: random, stratified by length, embedding coverage, or hardest first."
+        "random", description="Which sessions to keep: random, stratified by length, embedding coverage, hardest first."
     )
     ratio: float = Field(1.0, gt=0, le=1, description="Share of training sessions kept; the study sweeps 0.1..1.0.")
     seed: int = Field(0, description="Seed of every random choice; the same seed gives the same sample.")
@@ -136,7 +136,8 @@ def aggregate_formats(pools: dict[str, pl.DataFrame]) -> pl.DataFrame:
         pool = pools[fmt]
         _require(pool, KNOWLEDGE_COLUMNS, f"aggregate_formats: pool {fmt!r}")
         if pool.schema["knowledge"] != pl.String:
-            raise ValueError(f"aggregate_formats: pool {fmt!r} column 'knowledge' is {pool.schema['knowledge']}, not str")
+            dtype = pool.schema["knowledge"]
+            raise ValueError(f"aggregate_formats: pool {fmt!r} column 'knowledge' is {dtype}, not str")
         _require_unique_ids(pool, f"aggregate_formats: pool {fmt!r}")
         heading = FORMAT_HEADINGS.get(fmt, fmt.capitalize())
         sections.append(
@@ -240,7 +241,7 @@ def _checked_embeddings(embeddings: np.ndarray | None, n: int) -> np.ndarray:
         raise ValueError("sample_sessions: strategy 'diversity' needs embeddings, an (n, d) array aligned with train")
     array = np.asarray(embeddings, dtype=np.float64)
     if array.ndim != 2 or array.shape[0] != n:
-        raise ValueError(f"sample_sessions: embeddings have shape {array.shape}; expected ({n}, d), one row per session")
+        raise ValueError(f"sample_sessions: embeddings have shape {array.shape}; expected ({n}, d), a row per session")
     if not np.isfinite(array).all():
         raise ValueError("sample_sessions: embeddings contain NaN or infinite values")
     return array

@@ -33,7 +33,7 @@ def food_train() -> pl.DataFrame:
 
 @pytest.fixture(scope="module")
 def food_embeddings(food_train: pl.DataFrame) -> np.ndarray:
-    """TF-IDF over each session's titles, reduced to 64 dimensions (LSA) so k-means stays fast; aligned with food_train."""
+    """TF-IDF over each session's titles, reduced to 64 dimensions (LSA) to keep k-means fast; rows = food_train."""
     from sklearn.decomposition import TruncatedSVD
     from sklearn.feature_extraction.text import TfidfVectorizer
 
@@ -51,7 +51,7 @@ def food_difficulty(food_train: pl.DataFrame) -> pl.DataFrame:
 
 
 def _inputs(strategy: str, embeddings: np.ndarray, difficulty: pl.DataFrame) -> dict:
-    return {"embeddings": embeddings} if strategy == "diversity" else {"difficulty": difficulty} if strategy == "difficulty" else {}
+    return {"diversity": {"embeddings": embeddings}, "difficulty": {"difficulty": difficulty}}.get(strategy, {})
 
 
 def _tiny(n: int = 10) -> pl.DataFrame:
@@ -131,7 +131,9 @@ def test_difficulty_takes_the_hardest_sessions(food_train, food_difficulty):
     assert kept.max() <= left.min()
 
 
-@pytest.mark.parametrize(("strategy", "method"), [("random", "kmeans"), ("difficulty", "kmeans"), ("diversity", "farthest")])
+@pytest.mark.parametrize(
+    ("strategy", "method"), [("random", "kmeans"), ("difficulty", "kmeans"), ("diversity", "farthest")]
+)
 def test_nested_samples(strategy, method, food_train, food_embeddings, food_difficulty):
     inputs = _inputs(strategy, food_embeddings, food_difficulty)
     previous: set[int] = set()
@@ -168,10 +170,10 @@ def test_sampling_does_not_mutate_input():
 def test_difficulty_ties_are_broken_by_seed():
     train = _tiny(20)
     flat = train.select("session_id", score=pl.lit(0.5))
-    picks = {
-        tuple(sample_sessions(train, SamplingConfig(strategy="difficulty", ratio=0.3, seed=s), difficulty=flat)["session_id"])
-        for s in range(5)
-    }
+    picks = set()
+    for seed in range(5):
+        sample = sample_sessions(train, SamplingConfig(strategy="difficulty", ratio=0.3, seed=seed), difficulty=flat)
+        picks.add(tuple(sample["session_id"]))
     assert len(picks) > 1
 
 
