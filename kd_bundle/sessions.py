@@ -94,11 +94,12 @@ def read_aicl_domain(folder: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
 
 def read_exchange_tables(folder: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Read a user's own `items` and `bundles` tables (CSV or Parquet) and check their types."""
-    items = _cast_checked(_read_table(Path(folder), "items", list(ITEM_COLUMNS)), ITEM_COLUMNS, Path(folder) / "items")
-    bundles = _read_table(Path(folder), "bundles", list(BUNDLE_COLUMNS))
+    items, items_path = _read_table(Path(folder), "items", list(ITEM_COLUMNS))
+    items = _cast_checked(items, ITEM_COLUMNS, items_path)
+    bundles, bundles_path = _read_table(Path(folder), "bundles", list(BUNDLE_COLUMNS))
     if bundles.schema["item_ids"] == pl.String:
         bundles = bundles.with_columns(pl.col("item_ids").str.split(","))
-    bundles = _cast_checked(bundles, BUNDLE_COLUMNS, Path(folder) / "bundles")
+    bundles = _cast_checked(bundles, BUNDLE_COLUMNS, bundles_path)
     return items, bundles
 
 
@@ -201,7 +202,7 @@ def _read_csv(path: Path, required: list[str]) -> pl.DataFrame:
     return frame
 
 
-def _read_table(folder: Path, stem: str, required: list[str]) -> pl.DataFrame:
+def _read_table(folder: Path, stem: str, required: list[str]) -> tuple[pl.DataFrame, Path]:
     for suffix, reader in ((".parquet", pl.read_parquet), (".csv", lambda p: pl.read_csv(p, infer_schema=False))):
         path = folder / f"{stem}{suffix}"
         if path.exists():
@@ -210,7 +211,7 @@ def _read_table(folder: Path, stem: str, required: list[str]) -> pl.DataFrame:
             except (pl.exceptions.PolarsError, OSError) as exc:
                 raise DataError(f"{path}: not a readable {suffix[1:]} file ({exc})") from exc
             _require_columns(frame, required, str(path))
-            return frame
+            return frame, path
     raise DataError(f"{folder}: neither {stem}.parquet nor {stem}.csv found")
 
 
@@ -226,19 +227,26 @@ def _cast_checked(frame: pl.DataFrame, schema: dict[str, pl.DataType], where: Pa
         try:
             out = out.with_columns(pl.col(column).cast(dtype, strict=True))
         except pl.exceptions.PolarsError:
-            bad = out.with_row_index("row").filter(
-                pl.col(column).cast(dtype, strict=False).is_null() & pl.col(column).is_not_null()
-            )
-            first = bad.row(0, named=True) if bad.height else {}
-            raise DataError(
-                f"{where}: column {column!r} must be {dtype}; row {first.get('row', '?')} has {first.get(column)!r}"
-            ) from None
+            raise DataError(f"{where}: column {column!r} must be {dtype}; {_first_bad_value(out, column, dtype)}") from None
     return out
+
+
+def _first_bad_value(frame: pl.DataFrame, column: str, dtype: pl.DataType) -> str:
+    try:
+        bad = frame.with_row_index("row").filter(
+            pl.col(column).cast(dtype, strict=False).is_null() & pl.col(column).is_not_null()
+        )
+    except pl.exceptions.PolarsError:  # no value of this type casts at all (e.g. integers where lists belong)
+        return f"found type {frame.schema[column]}"
+    if bad.height == 0:
+        return f"found type {frame.schema[column]}"
+    row = bad.row(0, named=True)
+    return f"row {row['row']} has {row[column]!r}"
 
 
 def _check_items(items: pl.DataFrame, source: str) -> None:
     _require_columns(items, list(ITEM_COLUMNS), f"{source} items")
-    bad_split = items.filter(~pl.col("split").is_in(SPLITS))
+    bad_split = items.filter(pl.col("split").is_null() | ~pl.col("split").is_in(SPLITS))
     if bad_split.height:
         row = bad_split.row(0, named=True)
         raise DataError(f"{source} items: session {row['session_id']} has split {row['split']!r}; expected {SPLITS}")
@@ -253,12 +261,15 @@ def _check_items(items: pl.DataFrame, source: str) -> None:
 
 def _check_bundles(bundles: pl.DataFrame, items: pl.DataFrame, source: str) -> None:
     _require_columns(bundles, list(BUNDLE_COLUMNS), f"{source} bundles")
-    small = bundles.filter(pl.col("item_ids").list.len() < 2)
+    # distinct, non-empty ids: "d,d" is one item, and an empty field is none
+    distinct = pl.col("item_ids").list.eval(pl.element().filter(pl.element() != "")).list.unique().list.len()
+    small = bundles.filter(pl.col("item_ids").is_null() | (distinct.fill_null(0) < 2))
     if small.height:
         row = small.row(0, named=True)
+        n_items = len({i for i in row["item_ids"] or [] if i})
         raise DataError(
             f"{source} bundles: session {row['session_id']} bundle {row['bundle_index']} has "
-            f"{len(row['item_ids'] or [])} item(s); a bundle needs at least 2"
+            f"{n_items} distinct item(s); a bundle needs at least 2"
         )
     unknown_session = bundles.join(items.select("session_id").unique(), on="session_id", how="anti")
     if unknown_session.height:

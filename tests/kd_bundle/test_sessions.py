@@ -281,7 +281,7 @@ def test_missing_exchange_column(tmp_path: Path) -> None:
 def test_wrong_type_names_column_row_and_value(tmp_path: Path) -> None:
     items = [list(row) for row in ITEMS]
     items[4][0] = "abc"
-    with pytest.raises(DataError, match=r"items: column 'session_id' must be Int64; row 4 has 'abc'") as err:
+    with pytest.raises(DataError, match=r"items\.csv: column 'session_id' must be Int64; row 4 has 'abc'") as err:
         read_exchange_tables(_exchange(tmp_path, items=items))
     assert str(tmp_path) in str(err.value)
 
@@ -289,23 +289,16 @@ def test_wrong_type_names_column_row_and_value(tmp_path: Path) -> None:
 def test_wrong_type_in_bundles(tmp_path: Path) -> None:
     bundles = [list(row) for row in BUNDLES]
     bundles[1][1] = "first"
-    with pytest.raises(DataError, match=r"bundles: column 'bundle_index' must be Int64; row 1 has 'first'"):
+    with pytest.raises(DataError, match=r"bundles\.csv: column 'bundle_index' must be Int64; row 1 has 'first'"):
         read_exchange_tables(_exchange(tmp_path, bundles=bundles))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pl.exceptions.InvalidOperationError,
-    reason="sessions.py _cast_checked (line 230): when the strict cast fails, the fallback "
-    "`cast(dtype, strict=False)` raises polars InvalidOperationError itself for a non-castable type "
-    "(Int64 -> List(String)), so a wrong-typed Parquet item_ids column escapes as a raw polars error, not DataError",
-)
 def test_wrong_type_parquet_item_ids_is_data_error(tmp_path: Path) -> None:
     _write_csv(tmp_path / "items.csv", ITEM_HEADER, ITEMS)
     pl.DataFrame({"session_id": [1], "bundle_index": [1], "intent": ["x"], "item_ids": [7]}).write_parquet(
         tmp_path / "bundles.parquet"
     )
-    with pytest.raises(DataError, match="item_ids"):
+    with pytest.raises(DataError, match=r"bundles\.parquet: column 'item_ids' must be List\(String\); found type Int64"):
         read_exchange_tables(tmp_path)
 
 
@@ -323,13 +316,6 @@ def test_unknown_split(tmp_path: Path) -> None:
         _build(_exchange(tmp_path, items=items))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pytest.fail.Exception,  # DID NOT RAISE
-    reason="sessions.py _check_items (line 241): `~pl.col('split').is_in(SPLITS)` is null for a null split, so "
-    "filter() drops the row and an empty/null split passes; the session then belongs to no split and "
-    "slice_sessions silently drops it",
-)
 def test_empty_split_is_rejected(tmp_path: Path) -> None:
     items = [list(row) for row in ITEMS]
     items[5][1] = items[6][1] = ""  # CSV empty field -> null
@@ -363,19 +349,18 @@ def test_bundles_for_a_session_without_items(tmp_path: Path) -> None:
 
 
 def test_bundle_with_one_item(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match=r"session 2 bundle 2 has 1 item\(s\); a bundle needs at least 2"):
+    with pytest.raises(DataError, match=r"session 2 bundle 2 has 1 distinct item\(s\); a bundle needs at least 2"):
         _build(_exchange(tmp_path, bundles=BUNDLES + [[2, 2, "solo", "d"]]))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pytest.fail.Exception,  # DID NOT RAISE
-    reason="sessions.py _check_bundles (line 256) counts list entries, not distinct items: the bundle 'd,d' is the "
-    "one-item set {d} (metrics drop such generated bundles) but passes as a 2-item ground-truth bundle",
-)
 def test_bundle_with_one_distinct_item(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match=r"session 2 bundle 2"):
+    with pytest.raises(DataError, match=r"session 2 bundle 2 has 1 distinct item"):
         _build(_exchange(tmp_path, bundles=BUNDLES + [[2, 2, "twice", "d,d"]]))
+
+
+def test_bundle_with_empty_item_field(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"session 2 bundle 2 has 0 distinct item"):
+        _build(_exchange(tmp_path, bundles=BUNDLES + [[2, 2, "nothing", ""]]))
 
 
 def test_bundle_item_not_in_its_session(tmp_path: Path) -> None:
