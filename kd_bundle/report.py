@@ -43,8 +43,13 @@ def markdown_tables(results: pl.DataFrame, *, strict: bool = False) -> str:
         f"{results.height} result rows; domains: {', '.join(domains) or 'none'}; metrics: {kind} precision (P), "
         "recall (R), coverage (C); best student value per column in bold.",
     ]
+    if {"n_sessions", "n_failed"} <= set(results.columns) and results.height:
+        failed, total = results["n_failed"].sum(), results["n_sessions"].sum()
+        lines.append(f"Sessions whose output could not be parsed: {failed} of {total} over all rows.")
     if cells["n_rows"].max() is not None and cells["n_rows"].max() > 1:
         lines.append("Some configurations appear in several rows; their values are means.")
+    if results.height == 0:
+        lines.append("\nNo results to report.")
     lines += _section("Baselines and teacher", _domain_table(refs, ["label"], ["Method"], domains, bold=False))
     rq1 = students.filter(pl.col("rq") == "rq1").with_columns(_rank("utilization", UTILIZATIONS), _format_rank())
     lines += _section("RQ1: knowledge format x utilization", _domain_table(
@@ -264,7 +269,7 @@ def _plot_rq1(rq1: pl.DataFrame, refs: pl.DataFrame, path: Path, domain: str) ->
     width = 0.8 / len(utilizations)
     for ax, metric in zip(axes, METRICS):
         for i, utilization in enumerate(utilizations):
-            heights = [values.get((f, utilization), {}).get(metric) or 0.0 for f in formats]
+            heights = [_value(values.get((f, utilization), {}).get(metric)) for f in formats]
             ax.bar([x + (i - (len(utilizations) - 1) / 2) * width for x in range(len(formats))], heights, width,
                    label=utilization, color=_color(utilization))
         ax.set_xticks(range(len(formats)), formats)
@@ -296,7 +301,7 @@ def _plot_rq3(rq3: pl.DataFrame, refs: pl.DataFrame, path: Path, domain: str) ->
     fig, axes = _figure(f"RQ3 ({domain}): utilization (training / prompt knowledge)", width=4.6 * 3, height=height)
     colors = [_color(u) for u in rq3["utilization"].to_list()]
     for ax, metric in zip(axes, METRICS):
-        ax.barh(range(len(labels)), [v or 0.0 for v in rq3[metric].to_list()], color=colors)
+        ax.barh(range(len(labels)), [_value(v) for v in rq3[metric].to_list()], color=colors)
         ax.set_yticks(range(len(labels)), labels if ax is axes[0] else [""] * len(labels), fontsize=8)
         ax.invert_yaxis()
         _reference_lines(ax, refs, metric, vertical=True)
@@ -344,3 +349,8 @@ def _color(name: str) -> str:
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text)
+
+
+def _value(metric: float | None) -> float:
+    """A missing value draws no bar (NaN), never a bar of height 0."""
+    return float("nan") if metric is None else metric

@@ -119,6 +119,12 @@ def test_strict_metrics_and_repeats(results):
     assert row[5].strip("*") == f"{first['precision'] + 0.1:.3f}"
 
 
+def test_summary_counts_failed_sessions_and_empty_results(results):
+    assert f"could not be parsed: {results.height} of {10 * results.height}" in markdown_tables(results)
+    empty = markdown_tables(results.head(0))
+    assert "No results to report." in empty and "## RQ1" not in empty
+
+
 def test_missing_columns_are_named(results):
     with pytest.raises(ValueError, match=r"missing column\(s\) \['recall', 'coverage'\]"):
         markdown_tables(results.drop("recall", "coverage"))
