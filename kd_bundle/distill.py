@@ -5,7 +5,7 @@
     python -m kd_bundle distill baseline --domain electronic --max-test-sessions 18 [--with-rules]
 
 The teacher is KD_TEACHER_BASE_URL (+ KD_TEACHER_API_KEY). With the default model `smollm2` on a loopback URL where
-nothing listens, the embedded llm-katan server is started for the run and stopped after it. Every answer is cached
+nothing listens, the embedded llm-katan server is started at the first request not already cached, and stopped after the run. Every answer is cached
 the moment it arrives (<store>/teacher/requests.sqlite): a killed run, started again, sends only missing requests.
 Artifacts land in the store; their refs and the request counts are printed.
 """
@@ -25,7 +25,7 @@ from kd_bundle.models import SMOLLM2
 from kd_bundle.sessions import load_sessions, split_of
 from kd_bundle.store import write_artifact
 from kd_bundle.teacher import ClientSettings, TeacherClient, TeacherConfig
-from kd_bundle.teacher_server import embedded_teacher
+from kd_bundle.teacher_server import EmbeddedTeacher
 
 log = logging.getLogger("kd_bundle.teacher")
 
@@ -40,9 +40,11 @@ def cli(argv: list[str]) -> int:
     sessions = load_sessions(data, settings().data_root)
     teacher = TeacherConfig(model=args.model, temperature=args.temperature, max_tokens=args.max_tokens)
     overrides = {"max_concurrency": args.concurrency} if args.concurrency else {}
-    server = embedded_teacher(teacher.model) if teacher.model == SMOLLM2 and not args.no_server else contextlib.nullcontext()
+    embedded = teacher.model == SMOLLM2 and not args.no_server
+    server = EmbeddedTeacher(teacher.model) if embedded else contextlib.nullcontext()
     started = time.monotonic()
-    with server, TeacherClient(teacher, ClientSettings(**overrides)) as client:
+    with server, TeacherClient(teacher, ClientSettings(**overrides),
+                               before_send=server.ensure if embedded else None) as client:
         refs = _run(args, sessions, teacher, client)
         refs["teacher_usage"] = write_artifact(client.usage_frame(), "teacher_usage")
         progress = client.progress(args.what)

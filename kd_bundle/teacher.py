@@ -204,6 +204,7 @@ class TeacherClient:
         api_key: SecretStr | None = None,
         cache_path: Path | None = None,
         on_progress: Callable[[Progress], None] | None = None,
+        before_send: Callable[[], Any] | None = None,
     ):
         env = settings()
         self.cfg = cfg
@@ -213,6 +214,7 @@ class TeacherClient:
         self._api_key = api_key or env.teacher_api_key
         self.cache = RequestCache(cache_path or request_cache_path())
         self.on_progress = on_progress
+        self.before_send = before_send  # e.g. EmbeddedTeacher.ensure: start a server only when something is sent
         self._counters = _Counters()
         self._lock = threading.Lock()
         self._openai: Any = None
@@ -290,6 +292,8 @@ class TeacherClient:
     def _send(self, key: str, messages: list[Message], generation: dict[str, Any]) -> Completion:
         import openai
 
+        if self.before_send is not None:
+            self.before_send()
         attempts = self.client_settings.max_retries + 1
         last: Exception | None = None
         for attempt in range(attempts):

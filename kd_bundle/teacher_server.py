@@ -6,7 +6,8 @@
 
 The server runs as a detached process; its pid, port and log live under `<store>/teacher/server/`, so `stop`
 ends exactly the process `start` made. `embedded_teacher()` does the same inside a run: it starts the server only
-when the endpoint is a loopback address with nothing listening, and stops only what it started. Pointing
+when the endpoint is a loopback address with nothing listening, and stops only what it started; `EmbeddedTeacher`
+does so lazily, at the first request that is not already cached. Pointing
 KD_TEACHER_BASE_URL at any other endpoint (a hosted GPT model, a vLLM server) bypasses all of this.
 """
 
@@ -20,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from dataclasses import asdict, dataclass
@@ -141,20 +143,42 @@ def server_info(port: int | None = None, root: Path | None = None) -> ServerInfo
     return ServerInfo(**json.loads(path.read_text()))
 
 
+class EmbeddedTeacher:
+    """Starts the embedded server the first time `ensure()` finds a loopback endpoint with nothing listening, and
+    stops it on exit (only if it started it). Pass `ensure` to TeacherClient(before_send=...) so a run whose answers
+    are all cached never starts a server at all. A remote endpoint, or a loopback one already serving, is left alone."""
+
+    def __init__(self, served_model_name: str, base_url: str | None = None, *, model: str = "smollm2",
+                 backend: str = "transformers"):
+        self.served_model_name, self.model, self.backend = served_model_name, model, backend
+        self.host, self.port = endpoint_address(base_url or settings().teacher_base_url)
+        self.info: ServerInfo | None = None
+        self._checked = False
+        self._lock = threading.Lock()
+
+    def ensure(self) -> ServerInfo | None:
+        with self._lock:
+            if not self._checked:
+                self._checked = True
+                if self.host in LOOPBACK and not is_listening(self.host, self.port):
+                    self.info = start_server(self.served_model_name, model=self.model, host=self.host,
+                                             port=self.port, backend=self.backend)
+            return self.info
+
+    def __enter__(self) -> "EmbeddedTeacher":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.info is not None:
+            stop_server(self.port)
+
+
 @contextlib.contextmanager
 def embedded_teacher(served_model_name: str, base_url: str | None = None, *, model: str = "smollm2",
                      backend: str = "transformers") -> Iterator[ServerInfo | None]:
-    """Make sure a loopback endpoint answers: start the embedded server if nothing listens there, and stop it
-    on exit. A remote endpoint, or a loopback one already serving, is used as it is (yields None)."""
-    host, port = endpoint_address(base_url or settings().teacher_base_url)
-    if host not in LOOPBACK or is_listening(host, port):
-        yield None
-        return
-    info = start_server(served_model_name, model=model, host=host, port=port, backend=backend)
-    try:
-        yield info
-    finally:
-        stop_server(port)
+    """Eager form: the server (if one was needed) is up inside the block, and stopped after it."""
+    with EmbeddedTeacher(served_model_name, base_url, model=model, backend=backend) as server:
+        yield server.ensure()
 
 
 def cli(argv: list[str]) -> int:

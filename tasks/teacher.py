@@ -4,8 +4,8 @@ A task's cache key is the sessions' content hash, the domain, the stage config (
 TeacherConfig (model + generation settings), and the source of the library modules it calls. The endpoint URL and
 the API key are read from the environment inside the task, so they are never an input, a parameter or a key.
 Below the task cache sits the request cache (kd_bundle.teacher): a task recomputed after an edit or a crash pays
-only for requests never answered. A loopback endpoint serving "smollm2" with nothing listening gets the embedded
-llm-katan server for the duration of the task.
+only for requests never answered. A loopback endpoint for "smollm2" with nothing listening gets the embedded
+llm-katan server, started at the first request not already cached and stopped when the task ends.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from kd_bundle.models import SMOLLM2
 from kd_bundle.sessions import split_of
 from kd_bundle.store import ArtifactRef, read_artifact, write_artifact
 from kd_bundle.teacher import Progress, TeacherClient, TeacherConfig
-from kd_bundle.teacher_server import embedded_teacher
+from kd_bundle.teacher_server import EmbeddedTeacher
 from tasks.common import teacher_task
 
 _LIBRARY = ("teacher", "parsing", "prompts")
@@ -76,8 +76,10 @@ def teacher_predict(sessions: ArtifactRef, cfg: teacher_baseline.TeacherPredictC
 @contextlib.contextmanager
 def _teacher(cfg: TeacherConfig, key: str) -> Iterator[TeacherClient]:
     """The client (endpoint and key from the environment), the embedded server if needed, a progress artifact."""
-    server = embedded_teacher(cfg.model) if cfg.model == SMOLLM2 else contextlib.nullcontext()
-    with server, TeacherClient(cfg, on_progress=_progress_artifact(key)) as client:
+    embedded = cfg.model == SMOLLM2
+    server = EmbeddedTeacher(cfg.model) if embedded else contextlib.nullcontext()
+    with server, TeacherClient(cfg, on_progress=_progress_artifact(key),
+                               before_send=server.ensure if embedded else None) as client:
         yield client
 
 
