@@ -189,7 +189,8 @@ def _reflect(session: dict[str, Any], domain: str, cfg: RuleConfig, client: Teac
         codes = type_errors(parsed, truth)
     conversation.append({"role": "user", "content": RULES_QUESTION})
     summary = _ask(client, conversation)
-    rules = split_rules(summary, cfg)
+    prompts = [turn["content"] for turn in conversation if turn["role"] == "user"]
+    rules = [rule for rule in split_rules(summary, cfg) if not any(rule in prompt for prompt in prompts)]  # no echoes
     error = None if rules else f"no rule of {cfg.min_rule_words}+ words in the summary"
     if error or failures:
         client.note_failure(int(error is not None) + failures)

@@ -51,6 +51,9 @@ class ThoughtConfig(BaseModel, frozen=True):
     """Chain-of-thought settings; the prompt version is part of every task cache key."""
 
     min_words: int = Field(15, ge=1, description="A shorter answer is not a reasoning path; it is recorded as failed.")
+    min_distinct_ratio: float = Field(
+        0.3, ge=0, le=1, description="Distinct/total words below this is a degenerate loop (small teachers repeat)."
+    )
     prompt_version: str = Field(THOUGHTS_PROMPT_VERSION, description="Bump when the prompt changes.")
 
 
@@ -72,13 +75,17 @@ def thought_prompt(titles: list[str], positions: list[list[int]], intents: list[
     )
 
 
-def clean_thought(text: str, min_words: int) -> tuple[str | None, str | None]:
-    """(thought, error): code fences and a trailing bundles dictionary removed; too short or no prose is an error."""
+def clean_thought(text: str, min_words: int, min_distinct_ratio: float = 0.0) -> tuple[str | None, str | None]:
+    """(thought, error): code fences and a trailing bundles dictionary removed; too short, no prose, or one phrase
+    repeated over and over is an error."""
     cleaned = re.sub(r"```.*?```", " ", text or "", flags=re.S)
     cleaned = re.sub(r"\{[^{}]*\}\s*$", "", cleaned.strip()).strip()
     words = re.findall(r"[A-Za-z]{2,}", cleaned)
     if len(words) < min_words:
         return None, f"answer has {len(words)} words of prose; a reasoning path needs {min_words}+"
+    distinct = len({w.lower() for w in words}) / len(words)
+    if distinct < min_distinct_ratio:
+        return None, f"answer repeats itself ({distinct:.2f} distinct words per word)"
     return cleaned, None
 
 
@@ -87,7 +94,7 @@ def _think(session: dict[str, Any], domain: str, cfg: ThoughtConfig, client: Tea
     conversation = [{"role": "user", "content": thought_prompt(session["titles"], positions, session["intents"])}]
     answer = client.complete(list(conversation)).text
     conversation.append({"role": "assistant", "content": answer})
-    thought, error = clean_thought(answer, cfg.min_words)
+    thought, error = clean_thought(answer, cfg.min_words, cfg.min_distinct_ratio)
     if error:
         client.note_failure()
     return {

@@ -118,6 +118,15 @@ def test_garbage_answers_are_recorded_as_failures_and_never_stop_the_run(teacher
     assert session_rules["knowledge"].null_count() == 4
 
 
+def test_rules_that_only_echo_the_prompts_are_dropped(teacher_env, electronic_sessions, monkeypatch):
+    echo = "Each bundle must contain multiple products."  # a sentence of the first prompt
+    with StubOpenAI(lambda messages: f"{echo}\nKeep cables with the devices they connect.") as server:
+        monkeypatch.setenv("KD_TEACHER_BASE_URL", server.base_url)
+        with TeacherClient(TeacherConfig(model="stub-teacher")) as client:
+            session_rules, _ = distill_rules(electronic_sessions.head(1), "electronic", RuleConfig(), client)
+    assert session_rules["rules"].to_list() == [["Keep cables with the devices they connect."]]
+
+
 def test_distill_rules_checks_its_input():
     with pytest.raises(ValueError, match="distill_rules: missing columns"):
         distill_rules(pl.DataFrame({"session_id": [1]}), "electronic", RuleConfig(), client=None)  # type: ignore[arg-type]

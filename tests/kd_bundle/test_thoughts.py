@@ -25,6 +25,8 @@ def test_clean_thought_strips_fences_and_a_trailing_answer_and_rejects_noise():
                                    "{'bundle1': ['product1', 'product2']}", min_words=5)
     assert error is None and thought.endswith("trip ahead.")
     assert clean_thought("```{}```  ok", min_words=5) == (None, "answer has 1 words of prose; a reasoning path needs 5+")
+    thought, error = clean_thought("a bundle of " + "boxes of " * 30, min_words=5, min_distinct_ratio=0.3)
+    assert thought is None and error.startswith("answer repeats itself")
 
 
 def test_distill_thoughts_end_to_end_on_real_sessions(stub, electronic_sessions):
