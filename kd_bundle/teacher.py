@@ -246,21 +246,28 @@ class TeacherClient:
         done, last_report = 0, time.monotonic()
         self._report(label, 0, len(items))
         with ThreadPoolExecutor(max_workers=self.client_settings.max_concurrency, thread_name_prefix="teacher") as pool:
-            futures = {pool.submit(fn, item): index for index, item in enumerate(items)}
+            stop = threading.Event()
+            futures = {pool.submit(_guarded, fn, item, stop): index for index, item in enumerate(items)}
             pending = set(futures)
-            while pending:
-                finished, pending = wait(pending, timeout=1.0, return_when=FIRST_EXCEPTION)
-                for future in finished:
-                    if future.exception() is not None:
-                        for other in pending:
-                            other.cancel()
+            try:
+                while pending:
+                    finished, pending = wait(pending, timeout=1.0, return_when=FIRST_EXCEPTION)
+                    for future in sorted(finished, key=futures.get):
+                        results[futures[future]] = future.result()  # raises the first error
+                        done += 1
+                    if time.monotonic() - last_report >= self.client_settings.progress_every_s:
+                        last_report = time.monotonic()
                         self._report(label, done, len(items))
-                        raise future.exception()  # type: ignore[misc]
-                    results[futures[future]] = future.result()
-                    done += 1
-                if time.monotonic() - last_report >= self.client_settings.progress_every_s:
-                    last_report = time.monotonic()
-                    self._report(label, done, len(items))
+            except BaseException as error:  # an error, or Ctrl-C: nothing new starts; running ones finish, cached
+                stop.set()
+                for future in pending:
+                    future.cancel()
+                self._report(label, done, len(items))
+                if isinstance(error, _Stopped):  # raise the error that stopped the others
+                    wait(pending)
+                    causes = [f.exception() for f in futures if not f.cancelled() and f.exception() is not None]
+                    raise next(e for e in causes if not isinstance(e, _Stopped)) from None
+                raise
         self._report(label, done, len(items))
         return results
 
@@ -275,7 +282,7 @@ class TeacherClient:
         usage = self.cache.usage(keys)
         flags = pl.DataFrame({"request_key": list(keys), "from_cache": list(keys.values())},
                              schema={"request_key": pl.String, "from_cache": pl.Boolean})
-        return usage.join(flags, on="request_key", how="inner").select(list(USAGE_COLUMNS)).sort("answered_at")
+        return usage.join(flags, on="request_key", how="inner").select(list(USAGE_COLUMNS)).sort("answered_at", "request_key")
 
     def close(self) -> None:
         if self._openai is not None:
@@ -395,6 +402,20 @@ class TeacherClient:
     def _redact(self, text: str) -> str:
         secret = self._api_key.get_secret_value()
         return text.replace(secret, "***") if secret and len(secret) >= 4 else text
+
+
+class _Stopped(Exception):
+    """An item not started because another one failed."""
+
+
+def _guarded(fn: Callable[[T], R], item: T, stop: threading.Event) -> R:
+    if stop.is_set():
+        raise _Stopped
+    try:
+        return fn(item)
+    except BaseException:
+        stop.set()  # before this future reports: no worker picks up another item
+        raise
 
 
 def export_usage(cache_path: Path | None = None) -> pl.DataFrame:

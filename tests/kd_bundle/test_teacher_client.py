@@ -221,3 +221,17 @@ def test_progress_is_logged(stub, caplog):
     with TeacherClient(CFG) as client:
         client.map(lambda word: _ask(client, word), ["a", "b"], label="words")
     assert "teacher words: 2/2 done, 2 requests (2 sent, 0 cached)" in caplog.text
+
+
+def test_map_stops_on_the_first_error_and_keeps_what_was_answered(stub, monkeypatch):
+    monkeypatch.setenv("KD_TEACHER_MAX_RETRIES", "0")
+    stub.faults = [None, 500]  # the second request fails for good
+
+    def ask(word: str) -> str:
+        return _ask(client, word)
+
+    with TeacherClient(CFG, ClientSettings(max_concurrency=1)) as client:
+        with pytest.raises(TeacherUnavailable):
+            client.map(ask, ["a", "b", "c", "d"])
+        assert stub.attempts == 2  # "c" and "d" never started
+        assert client.complete([{"role": "user", "content": "a"}]).from_cache
