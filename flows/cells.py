@@ -1,0 +1,189 @@
+"""Wiring shared by the research flows: grid cells -> knowledge -> retrieval -> adapter -> predictions -> scores.
+
+`Plan` asks for each artifact once per flow run (a memo keyed like kd_bundle.grid.KnowledgeKey), and Prefect's
+content cache makes a second run, or another flow needing the same artifact, reuse it. No data is touched here.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from pydantic import BaseModel, Field
+
+from kd_bundle import grid
+from kd_bundle.config import BaselineConfig, DataConfig, PatternConfig, settings
+from kd_bundle.icl import ICLConfig
+from kd_bundle.results import CellLabels
+from kd_bundle.retrieval import RetrievalConfig
+from kd_bundle.rules import RuleConfig
+from kd_bundle.sampling import SamplingConfig
+from kd_bundle.store import ArtifactRef
+from kd_bundle.student import SFTConfig, StudentConfig
+from kd_bundle.teacher import TeacherConfig
+from kd_bundle.teacher_baseline import TeacherPredictConfig
+from kd_bundle.thoughts import ThoughtConfig
+from tasks.baselines import predict_baseline
+from tasks.knowledge import combine_domains, difficulty_scores, sample_training, select_knowledge
+from tasks.patterns import mine_patterns
+from tasks.reports import publish_report
+from tasks.scoring import collect_results, publish_results, score_predictions
+from tasks.sessions import load_sessions
+from tasks.student import embed_sessions, index_sessions, retrieve_knowledge, student_predict, train_adapter
+from tasks.teacher import distill_rules, distill_thoughts, teacher_predict
+
+
+class PipelineConfig(BaseModel, frozen=True):
+    """Everything below the grid: data slice, extraction, retrieval, student, teacher. Defaults = the full study."""
+
+    max_train_sessions: int | None = Field(None, ge=1, description="Training sessions per domain (None = all).")
+    max_test_sessions: int | None = Field(None, ge=1, description="Test sessions per domain, length-stratified (None = 180).")
+    patterns: PatternConfig = PatternConfig()
+    rules: RuleConfig = RuleConfig()
+    thoughts: ThoughtConfig = ThoughtConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    teacher_rows: tuple[str, ...] = Field(
+        ("none", "rules"), description="Teacher baseline rows: 'none' = zero-shot, or a format retrieved into its prompt."
+    )
+    retrieval: RetrievalConfig = RetrievalConfig()
+    icl: ICLConfig = ICLConfig()
+    student: StudentConfig = StudentConfig()
+    sft: SFTConfig = SFTConfig()
+    sampling_seed: int = Field(0, description="Seed of every sampling strategy.")
+
+
+class Plan:
+    """Each artifact requested once: sessions, indexes, knowledge pools, retrievals, adapters, per flow run."""
+
+    def __init__(self, cfg: PipelineConfig):
+        self.cfg, self._memo = cfg, {}
+
+    def _once(self, key: tuple, make: Callable[[], ArtifactRef]) -> ArtifactRef:
+        if key not in self._memo:
+            self._memo[key] = make()
+        return self._memo[key]
+
+    def sessions(self, domain: str) -> ArtifactRef:
+        data = DataConfig(domain=domain, max_train_sessions=self.cfg.max_train_sessions,
+                          max_test_sessions=self.cfg.max_test_sessions)
+        return self._once(("sessions", domain), lambda: load_sessions(data, settings().data_root))
+
+    def pooled_sessions(self, domain: str, sources: tuple[str, ...]) -> ArtifactRef:
+        """The target's sessions plus the other source domains' training sessions (ids made disjoint)."""
+        others = [self.sessions(d) for d in sources if d != domain]
+        if not others:
+            return self.sessions(domain)
+        return self._once(("pooled", domain, sources), lambda: combine_domains(self.sessions(domain), others))
+
+    def embeddings(self, domain: str, sources: tuple[str, ...]) -> tuple[ArtifactRef, ArtifactRef]:
+        pooled = self.pooled_sessions(domain, sources)
+        vectors = self._once(("embeddings", domain, sources), lambda: embed_sessions(pooled, self.cfg.retrieval))
+        return vectors, self._once(("index", domain, sources), lambda: index_sessions(pooled, vectors))
+
+    def sampled_sessions(self, domain: str, strategy: str, ratio: float) -> ArtifactRef:
+        if strategy == "all":
+            return self.sessions(domain)
+        sampling = SamplingConfig(strategy=strategy, ratio=ratio, seed=self.cfg.sampling_seed)
+        vectors = self.embeddings(domain, (domain,))[0] if strategy == "diversity" else None
+        hardness = self.difficulty(domain) if strategy == "difficulty" else None
+        return self._once(("sampled", domain, strategy, ratio),
+                          lambda: sample_training(self.sessions(domain), sampling, vectors, hardness))
+
+    def difficulty(self, domain: str) -> ArtifactRef:
+        """How hard each training session is for the pattern baseline (its precision there)."""
+        def make() -> ArtifactRef:
+            reference = predict_baseline(self.sessions(domain), self.knowledge(domain, "patterns"),
+                                         BaselineConfig(method="pattern"), split="train")
+            return difficulty_scores(reference, self.sessions(domain))
+        return self._once(("difficulty", domain), make)
+
+    def knowledge(self, domain: str, fmt: str, strategy: str = "all", ratio: float = 1.0) -> ArtifactRef:
+        """One domain's knowledge of one format, from its (sampled) training sessions."""
+        sampled = self.sampled_sessions(domain, strategy, ratio)
+        if fmt == "raw":
+            return sampled
+        if fmt == "patterns":
+            return self._once(("patterns", domain, strategy, ratio), lambda: mine_patterns(sampled, self.cfg.patterns))
+        full = self._once((fmt, domain), lambda: self._distill(domain, fmt))
+        if strategy == "all":
+            return full
+        return self._once((fmt, domain, strategy, ratio), lambda: select_knowledge(full, sampled))
+
+    def _distill(self, domain: str, fmt: str) -> ArtifactRef:
+        if fmt == "rules":
+            return distill_rules(self.sessions(domain), domain, self.cfg.rules, self.cfg.teacher).session_rules
+        if fmt == "thoughts":
+            return distill_thoughts(self.sessions(domain), domain, self.cfg.thoughts, self.cfg.teacher).thoughts
+        raise ValueError(f"unknown knowledge format {fmt!r}; expected one of {grid.KNOWLEDGE_FORMATS}")
+
+    def pool(self, domain: str, sources: tuple[str, ...], fmt: str, strategy: str, ratio: float) -> ArtifactRef:
+        others = [self.knowledge(d, fmt) for d in sources if d != domain]
+        if not others:
+            return self.knowledge(domain, fmt, strategy, ratio)
+        return self._once(("pool", domain, sources, fmt),
+                          lambda: combine_domains(self.knowledge(domain, fmt), others))
+
+    def retrieved(self, domain: str, sources: tuple[str, ...], formats: tuple[str, ...], strategy: str,
+                  ratio: float) -> ArtifactRef:
+        def make() -> ArtifactRef:
+            vectors, index = self.embeddings(domain, sources)
+            knowledge = {fmt: self.pool(domain, sources, fmt, strategy, ratio) for fmt in formats}
+            return retrieve_knowledge(self.pooled_sessions(domain, sources), vectors, index, knowledge,
+                                      self.cfg.retrieval)
+        return self._once(("retrieved", domain, sources, formats, strategy, ratio), make)
+
+    def adapter(self, domain: str, sources: tuple[str, ...], formats: tuple[str, ...], strategy: str,
+                ratio: float) -> ArtifactRef:
+        """Patterns and rules go into the training input, thoughts become the reasoning before the answer;
+        "raw" alone is plain session -> bundles fine-tuning on the (sampled) training sessions."""
+        inputs = tuple(f for f in formats if f in ("patterns", "rules"))
+        reasoning = "thoughts" in formats
+        sft = self.cfg.sft.model_copy(update={
+            "knowledge": self.cfg.sft.knowledge.model_copy(update={"formats": inputs}), "reasoning": reasoning})
+
+        def make() -> ArtifactRef:
+            if len(sources) > 1:
+                training = self.pooled_sessions(domain, sources)
+            else:
+                training = self.sampled_sessions(domain, strategy, ratio)
+            retrieved = self.retrieved(domain, sources, inputs, strategy, ratio) if inputs else None
+            thoughts = self.pool(domain, sources, "thoughts", strategy, ratio) if reasoning else None
+            return train_adapter(training, retrieved, thoughts, self.cfg.student, sft)
+        return self._once(("adapter", domain, sources, formats, strategy, ratio), make)
+
+    def score_cell(self, cell: grid.Cell) -> ArtifactRef:
+        sources, prompt_formats = cell.source_domains, grid.formats_of(cell.prompt_format)
+        retrieved = (self.retrieved(cell.domain, sources, prompt_formats, cell.strategy, cell.ratio)
+                     if prompt_formats else None)
+        adapter = (self.adapter(cell.domain, sources, grid.formats_of(cell.train_format), cell.strategy, cell.ratio)
+                   if cell.train_format else None)
+        icl = self.cfg.icl.model_copy(update={"formats": prompt_formats})
+        predictions = student_predict(self.sessions(cell.domain), retrieved, adapter, self.cfg.student, icl)
+        labels = CellLabels(**cell.result_fields(), method="student", model=self.cfg.student.model)
+        return score_predictions(self.sessions(cell.domain), predictions, labels)
+
+    def reference_rows(self, domain: str) -> list[ArtifactRef]:
+        """The rows every table carries: the two non-LLM baselines and the teacher."""
+        rows, sessions = [], self.sessions(domain)
+        for method in ("pattern", "category"):
+            knowledge = self.knowledge(domain, "patterns") if method == "pattern" else None
+            predictions = predict_baseline(sessions, knowledge, BaselineConfig(method=method))
+            rows.append(score_predictions(sessions, predictions, CellLabels(domain=domain, method=f"{method}-baseline")))
+        for fmt in self.cfg.teacher_rows:
+            knowledge = None if fmt == "none" else self.retrieved(domain, (domain,), (fmt,), "all", 1.0)
+            answer = teacher_predict(sessions, TeacherPredictConfig(), self.cfg.teacher, knowledge)
+            labels = CellLabels(domain=domain, method="teacher", knowledge_format=fmt,
+                                utilization="none" if fmt == "none" else "icl", model=self.cfg.teacher.model,
+                                teacher_tokens=answer.tokens)
+            rows.append(score_predictions(sessions, answer.predictions, labels))
+        return rows
+
+
+def evaluate_cells(cells: list[grid.Cell], cfg: PipelineConfig, key: str) -> ArtifactRef:
+    """Score every cell plus the reference rows of each target domain; publish one results table and report."""
+    plan = Plan(cfg)
+    rows = [row for domain in dict.fromkeys(c.domain for c in cells) for row in plan.reference_rows(domain)]
+    rows += [plan.score_cell(cell) for cell in cells]
+    table = collect_results(rows)
+    publish_results(table, key, settings().results_dir)
+    publish_report(table, key, settings().results_dir)
+    return table

@@ -1,0 +1,70 @@
+"""Knowledge pools for the quantity experiments (RQ2): sampled, and pooled across domains.
+
+Teacher knowledge is distilled once per domain from every training session; a sampled pool is then a filter of
+those rows, never a second round of teacher calls. A sampled *sessions* frame keeps the test and valid splits and
+only the sampled training sessions, so every stage downstream (pattern mining, retrieval, SFT examples) sees
+exactly the sampled knowledge. Multi-domain pools give each other domain's sessions disjoint ids.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from kd_bundle.metrics import session_scores
+from kd_bundle.sampling import SamplingConfig, sample_sessions
+
+DIFFICULTY_COLUMNS = ["session_id", "score"]
+_DOMAIN_ID_STRIDE = 10_000_000  # other domains' session ids become id + (index + 1) * stride
+
+
+def sample_training(
+    sessions: pl.DataFrame,
+    cfg: SamplingConfig,
+    embeddings: pl.DataFrame | None = None,
+    difficulty: pl.DataFrame | None = None,
+) -> pl.DataFrame:
+    """`sessions` with its train split cut to the sample; test and valid untouched."""
+    train = sessions.filter(pl.col("split") == "train")
+    vectors = None
+    if embeddings is not None:
+        aligned = train.select("session_id").join(embeddings, on="session_id", how="left", maintain_order="left")
+        if aligned["embedding"].null_count():
+            raise ValueError("sample_training: some training sessions have no embedding")
+        vectors = np.asarray(aligned["embedding"].to_list(), dtype=np.float32)
+    sampled = sample_sessions(train, cfg, embeddings=vectors, difficulty=difficulty)
+    kept = sessions.filter((pl.col("split") != "train") | pl.col("session_id").is_in(sampled["session_id"].implode()))
+    return kept
+
+
+def select_knowledge(knowledge: pl.DataFrame, sessions: pl.DataFrame) -> pl.DataFrame:
+    """Rows of a per-session knowledge frame whose session is a training session of `sessions`."""
+    if "session_id" not in knowledge.columns:
+        raise ValueError(f"select_knowledge: a per-session knowledge frame needs session_id; got {knowledge.columns}")
+    train_ids = sessions.filter(pl.col("split") == "train")["session_id"].implode()
+    return knowledge.filter(pl.col("session_id").is_in(train_ids))
+
+
+def difficulty_scores(predictions: pl.DataFrame, sessions: pl.DataFrame) -> pl.DataFrame:
+    """Per training session, a reference model's precision (failed = 0): lower is harder."""
+    train = sessions.filter(pl.col("split") == "train")
+    scores = session_scores(predictions, train)
+    return scores.select("session_id", pl.col("precision").alias("score"))
+
+
+def combine_domains(target: pl.DataFrame, others: list[pl.DataFrame]) -> pl.DataFrame:
+    """The target domain's frame as is, plus the other domains' rows with disjoint session ids.
+
+    For a sessions frame, only the other domains' *training* sessions are kept: they add knowledge, never targets.
+    Frames without session_id (domain-level knowledge lines, patterns) are simply concatenated.
+    """
+    parts = [target]
+    for index, other in enumerate(others):
+        if "session_id" in other.columns:
+            if "split" in other.columns:
+                other = other.filter(pl.col("split") == "train")
+            other = other.with_columns(pl.col("session_id") + (index + 1) * _DOMAIN_ID_STRIDE)
+        parts.append(other.select(target.columns))
+    if target.height and "session_id" in target.columns and target["session_id"].max() >= _DOMAIN_ID_STRIDE:
+        raise ValueError(f"combine_domains: session ids must be below {_DOMAIN_ID_STRIDE} to pool domains")
+    return pl.concat(parts, how="vertical_relaxed")
