@@ -196,7 +196,11 @@ def cli(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.action == "start":
-        info = start_server(args.served_model_name, model=args.model, backend=args.backend, port=args.port)
+        try:
+            info = start_server(args.served_model_name, model=args.model, backend=args.backend, port=args.port)
+        except ServerError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         print(f"teacher serving {info.served_model_name} at {info.base_url} (pid {info.pid}); "
               f"stop with: python -m kd_bundle teacher-server stop")
     elif args.action == "stop":
