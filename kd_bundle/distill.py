@@ -78,8 +78,9 @@ def _baseline(args: argparse.Namespace, sessions: pl.DataFrame, teacher: Teacher
         lines = consolidated["rule"].head(args.max_rule_lines).to_list()
         knowledge = pl.DataFrame({"session_id": test["session_id"], "knowledge": [["\n".join(f"- {r}" for r in lines)]] * test.height})
         knowledge_format = "rules"
+    tokens_before = client.progress().tokens  # the row counts the prediction requests, not the rules behind them
     predictions = teacher_baseline.predict_bundles(test, teacher_baseline.TeacherPredictConfig(), client, knowledge)
-    tokens = int(client.usage_frame().select(pl.col("prompt_tokens") + pl.col("completion_tokens")).sum().item() or 0)
+    tokens = client.progress().tokens - tokens_before
     predictions_ref = write_artifact(predictions, "predictions")
     labels = CellLabels(domain=args.domain, method="teacher", knowledge_format=knowledge_format, model=teacher.model,
                         utilization="icl" if knowledge is not None else "none", teacher_tokens=tokens)
