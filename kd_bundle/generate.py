@@ -14,7 +14,7 @@ from typing import Any
 
 import polars as pl
 
-from kd_bundle.icl import ICLConfig, answer_part, build_prompts
+from kd_bundle.icl import ANSWER_MARKER, ICLConfig, answer_part, build_prompts
 from kd_bundle.parsing import parse_bundles
 from kd_bundle.predictions import PREDICTION_COLUMNS, bundles_from_positions, predictions_frame
 from kd_bundle.student import StudentConfig, context_window, load_student
@@ -82,12 +82,49 @@ def generate_texts(model: Any, tokenizer: Any, prompts: list[str], cfg: StudentC
         batch = order[start : start + cfg.batch_size]
         encoded = tokenizer([prompts[i] for i in batch], add_special_tokens=False, padding=True, return_tensors="pt")
         encoded = {k: v.to(device) for k, v in encoded.items()}
+        stop = _AnswerClosed(tokenizer, encoded["input_ids"].shape[1])
         with torch.inference_mode():
-            output = model.generate(**encoded, generation_config=generation)
+            output = model.generate(**encoded, generation_config=generation, stopping_criteria=[stop])
         new = output[:, encoded["input_ids"].shape[1] :]
         for i, text in zip(batch, tokenizer.batch_decode(new, skip_special_tokens=True)):
             texts[i] = text
     return [texts[i] for i in range(len(prompts))]
+
+
+class _AnswerClosed:
+    """Stops a row once its answer dict is closed: small students ramble on after it, paying decode steps."""
+
+    def __init__(self, tokenizer: Any, prompt_width: int):
+        self.tokenizer, self.prompt_width = tokenizer, prompt_width
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_width :], skip_special_tokens=True)
+        return torch.tensor([answer_closed(t) for t in texts], dtype=torch.bool, device=input_ids.device)
+
+
+def answer_closed(text: str) -> bool:
+    """True once the text after the answer marker (or a text that opens with a bracket) holds a balanced {...}/[...]."""
+    if ANSWER_MARKER in text:
+        tail = answer_part(text)
+    elif text.lstrip()[:1] in ("{", "["):
+        tail = text
+    else:
+        return False
+    depth, quote = 0, None
+    for char in tail:
+        if quote:
+            quote = None if char == quote else quote
+        elif char in "'\"" and depth:
+            quote = char
+        elif char in "{[":
+            depth += 1
+        elif char in "}]" and depth:
+            depth -= 1
+            if depth == 0:
+                return True
+    return False
 
 
 def _prediction(session_id: int, item_ids: list[str], text: str) -> dict[str, Any]:

@@ -56,3 +56,13 @@ def test_icl_predictions_cover_every_test_session(student):
     with pytest.raises(ValueError, match="context window"):
         predict_sessions(sessions, retrieved, student.model_copy(update={"max_context": 64, "max_new_tokens": 64}),
                          ICLConfig())
+
+
+def test_generation_stops_once_the_answer_is_closed():
+    from kd_bundle.generate import answer_closed
+
+    assert answer_closed("Bundles: {'bundle1': ['product1', 'product2']}")
+    assert not answer_closed("Bundles: {'bundle1': ['product1', 'product2']")  # still open: keep going
+    assert not answer_closed("Reasoning: a {set} of cases")  # braces in reasoning are not the answer
+    assert answer_closed("Reasoning: a {set}\nBundles: [['product1', 'product3']]")
+    assert answer_closed("{'bundle1': ['product}1']} and then rambling") and not answer_closed("{'b': 'x}'")
