@@ -35,6 +35,7 @@ from one cached artifact, and the formats used in training and in the prompt are
 from __future__ import annotations
 
 import logging
+import os
 from typing import Literal
 
 import numpy as np
@@ -203,6 +204,7 @@ def _minilm_vectors(texts: list[str], cfg: RetrievalConfig) -> np.ndarray:
 
     from kd_bundle.models import MINILM, resolve_model_path
 
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the shipped folder is complete; never wait on a hub call
     folder = resolve_model_path(MINILM)
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     model = AutoModel.from_pretrained(str(folder), dtype=torch.float32).eval()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import resource
 import sys
@@ -128,6 +129,7 @@ def load_student(cfg: StudentConfig, adapter: Path | None = None) -> tuple[Any, 
 def model_path(cfg: StudentConfig) -> Path:
     from kd_bundle.models import ModelUnavailable, resolve_model_path
 
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights are local or nothing: never wait on a hub call
     try:
         return resolve_model_path(cfg.model)
     except ModelUnavailable as exc:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import polars as pl
 import pytest
 
@@ -11,6 +13,8 @@ from kd_bundle.predictions import PREDICTION_COLUMNS
 from kd_bundle.retrieval import RetrievalConfig, build_index, embed_sessions, retrieve_knowledge
 from kd_bundle.student import StudentConfig, load_student
 from tests.kd_bundle.tiny_student import build_tiny_student, tiny_sessions
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in these tests may reach a hub
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import polars as pl
 import pytest
@@ -20,6 +21,8 @@ from kd_bundle.icl import (
 from kd_bundle.prompts import DETECT_INSTRUCTION, format_session
 from kd_bundle.retrieval import RETRIEVED_SCHEMA
 from tests.kd_bundle.tiny_student import build_tiny_student, tiny_sessions
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in these tests may reach a hub
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import numpy as np
 import polars as pl
@@ -18,6 +19,8 @@ from kd_bundle.retrieval import (
     retrieve_knowledge,
 )
 from tests.kd_bundle.tiny_student import tiny_sessions
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in these tests may reach a hub
 
 TFIDF = RetrievalConfig(method="tfidf", k=3, tfidf_features=64)
 

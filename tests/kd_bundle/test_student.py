@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 
 import polars as pl
@@ -21,6 +22,8 @@ from kd_bundle.student import (
 )
 from kd_bundle.store import write_directory
 from tests.kd_bundle.tiny_student import build_tiny_student, tiny_sessions
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in these tests may reach a hub
 
 
 @pytest.fixture(scope="module")
@@ -105,3 +108,34 @@ def test_training_needs_examples(tiny, tmp_path):
     with pytest.raises(ValueError, match="non-empty frame"):
         train_student(pl.DataFrame({"session_id": [], "prompt": [], "completion": []}),
                       StudentConfig(model=str(tiny)), SMOKE, tmp_path)
+
+
+@pytest.mark.slow
+def test_real_smollm2_icl_sft_and_sft_icl_on_real_sessions_are_scored(tmp_path):
+    """The shipped SmolLM2-135M-Instruct on 30 real training and 3 test sessions: ICL, 2 QLoRA steps, SFT+ICL."""
+    from kd_bundle.config import DataConfig, settings
+    from kd_bundle.generate import predict_sessions
+    from kd_bundle.metrics import score_predictions
+    from kd_bundle.retrieval import RetrievalConfig, build_index, embed_sessions, retrieve_knowledge
+    from kd_bundle.sessions import load_sessions
+    from kd_bundle.student import train_adapter
+
+    data = DataConfig(domain="electronic", max_train_sessions=30, max_test_sessions=3)
+    sessions = load_sessions(data, settings().data_root).filter(pl.col("split") != "valid")
+    test = sessions.filter(pl.col("split") == "test")
+    cfg = RetrievalConfig(method="tfidf", k=2)
+    embeddings = embed_sessions(sessions, cfg)
+    retrieved = retrieve_knowledge(sessions, embeddings, build_index(embeddings, sessions), {"raw": sessions}, cfg)
+    student = StudentConfig(max_new_tokens=64, batch_size=3)
+    icl = ICLConfig(formats=("raw",), demonstrations=1)
+
+    icl_scores = score_predictions(predict_sessions(sessions, retrieved, student, icl), test)
+    sft = SMOKE.model_copy(update={"batch_tokens": 512, "lora_r": 8, "lora_alpha": 16})
+    result = train_adapter(sessions, retrieved, None, student, sft, tmp_path / "adapter")
+    both_scores = score_predictions(predict_sessions(sessions, retrieved, student, icl, result.adapter_dir), test)
+
+    assert result.quantized and result.steps == 2 and result.examples == 30
+    assert 0 < result.losses[0] < 5  # a pretrained instruct model: far below ln(49152) = 10.8
+    for scores in (icl_scores, both_scores):
+        assert scores["n_sessions"] == 3 and scores["n_scored"] + scores["n_failed"] == 3
+        assert 0 <= scores["strict_precision"] <= 1

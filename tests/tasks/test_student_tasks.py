@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import polars as pl
 
 from kd_bundle.icl import ICLConfig
@@ -11,6 +13,8 @@ from kd_bundle.store import read_artifact, write_artifact
 from kd_bundle.student import SMOKE, SFTConfig, StudentConfig
 from tasks.student import embed_sessions, index_sessions, retrieve_knowledge, student_predict, train_adapter
 from tests.kd_bundle.tiny_student import build_tiny_student, tiny_sessions
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in these tests may reach a hub
 
 
 def test_embed_retrieve_train_predict_write_refs(tmp_path, monkeypatch):
