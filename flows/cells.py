@@ -44,6 +44,7 @@ class PipelineConfig(BaseModel, frozen=True):
     teacher_rows: tuple[str, ...] = Field(
         ("none", "rules"), description="Teacher baseline rows: 'none' = zero-shot, or a format retrieved into its prompt."
     )
+    teacher_predict: TeacherPredictConfig = TeacherPredictConfig()
     retrieval: RetrievalConfig = RetrievalConfig()
     icl: ICLConfig = ICLConfig()
     student: StudentConfig = StudentConfig()
@@ -170,7 +171,7 @@ class Plan:
             rows.append(score_predictions(sessions, predictions, CellLabels(domain=domain, method=f"{method}-baseline")))
         for fmt in self.cfg.teacher_rows:
             knowledge = None if fmt == "none" else self.retrieved(domain, (domain,), (fmt,), "all", 1.0)
-            answer = teacher_predict(sessions, TeacherPredictConfig(), self.cfg.teacher, knowledge)
+            answer = teacher_predict(sessions, self.cfg.teacher_predict, self.cfg.teacher, knowledge)
             labels = CellLabels(domain=domain, method="teacher", knowledge_format=fmt,
                                 utilization="none" if fmt == "none" else "icl", model=self.cfg.teacher.model,
                                 teacher_tokens=answer.tokens)
