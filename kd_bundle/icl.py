@@ -66,7 +66,7 @@ def build_prompts(
 ) -> pl.DataFrame:
     """One chat-templated prompt per session that fits `max_prompt_tokens`. Columns: PROMPT_COLUMNS."""
     _require(sessions, ["session_id", "titles"], "build_prompts")
-    knowledge = _knowledge_by_session(retrieved, cfg.formats)
+    knowledge = knowledge_sections(retrieved, cfg.formats)
     rows = []
     for sid, titles in sessions.select("session_id", "titles").iter_rows():
         sections = knowledge.get(sid, [])
@@ -95,7 +95,7 @@ def build_sft_examples(
     reasoning = _thought_texts(thoughts) if thoughts is not None else None
     if reasoning is not None:
         train = train.filter(pl.col("session_id").is_in(list(reasoning)))
-    knowledge = _knowledge_by_session(retrieved, cfg.formats)
+    knowledge = knowledge_sections(retrieved, cfg.formats)
     rows = []
     for row in train.iter_rows(named=True):
         answer = answer_text(bundle_positions(row["bundles"], row["item_ids"]), (reasoning or {}).get(row["session_id"]))
@@ -168,26 +168,11 @@ def chat_prompt(tokenizer: Any, user: str) -> str:
     return tokenizer.apply_chat_template(_messages(user), tokenize=False, add_generation_prompt=True)
 
 
-# ---------------------------------------------------------------------------------------------- private
-
-
-def _messages(user: str) -> list[dict[str, str]]:
-    return [{"role": "user", "content": user}]
-
-
-def _completion(tokenizer: Any, fitted: FittedPrompt, answer: str) -> str:
-    """The assistant turn as the template renders it after the prompt (answer + end-of-turn text)."""
-    turns = _messages(fitted.user) + [{"role": "assistant", "content": answer}]
-    full = tokenizer.apply_chat_template(turns, tokenize=False)
-    if full.startswith(fitted.prompt):
-        return full[len(fitted.prompt) :]
-    return answer + (tokenizer.eos_token or "")  # templates that rewrite earlier turns: answer + EOS
-
-
-def _knowledge_by_session(
+def knowledge_sections(
     retrieved: pl.DataFrame | None, formats: tuple[str, ...]
 ) -> dict[int, list[tuple[str, bool, list[str]]]]:
-    """session_id -> [(format, per_session, blocks)] in `formats` order; absent formats are an error."""
+    """session_id -> [(format, per_session, blocks)] in `formats` order, the input of `fit_prompt` and
+    `user_message`; a format absent from `retrieved` is an error."""
     if not formats:
         return {}
     if retrieved is None:
@@ -204,6 +189,22 @@ def _knowledge_by_session(
     for sections in by_session.values():
         sections.sort(key=lambda section: rank[section[0]])
     return by_session
+
+
+# ---------------------------------------------------------------------------------------------- private
+
+
+def _messages(user: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": user}]
+
+
+def _completion(tokenizer: Any, fitted: FittedPrompt, answer: str) -> str:
+    """The assistant turn as the template renders it after the prompt (answer + end-of-turn text)."""
+    turns = _messages(fitted.user) + [{"role": "assistant", "content": answer}]
+    full = tokenizer.apply_chat_template(turns, tokenize=False)
+    if full.startswith(fitted.prompt):
+        return full[len(fitted.prompt) :]
+    return answer + (tokenizer.eos_token or "")  # templates that rewrite earlier turns: answer + EOS
 
 
 def _offered(knowledge: dict, session_ids: pl.Series, demonstrations: int) -> list[int]:

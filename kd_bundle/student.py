@@ -197,7 +197,8 @@ def train_student(examples: pl.DataFrame, student: StudentConfig, cfg: SFTConfig
         step_seconds.append(time.perf_counter() - step_started)
         real += int(inputs["attention_mask"].sum())
         padded += inputs["attention_mask"].numel()
-        log.info("sft step %d/%d loss %.4f", step + 1, steps, losses[-1])
+        log.info("sft step %d/%d loss %.4f, %s tokens, %.1f s", step + 1, steps, losses[-1],
+                 tuple(inputs["input_ids"].shape), step_seconds[-1])
     seconds = time.perf_counter() - started
     _save_adapter(model, student, cfg, out_dir, losses)
     return TrainResult(
