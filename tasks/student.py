@@ -2,6 +2,10 @@
 
 `knowledge` maps a format name to its frame's ref (the knowledge-pool contract is in kd_bundle/retrieval.py);
 the sessions ref itself is a valid "raw" entry. The adapter is a content-addressed folder ("adapter" kind).
+
+Cache keys follow the refs: give `retrieve_knowledge` only the formats a stage uses (one call for the SFT input
+formats, one for the prompt formats; retrieval is cheap), and `train_adapter` `retrieved=None` when the training
+input carries no knowledge, so an adapter is retrained only when its own training knowledge changes.
 """
 
 from __future__ import annotations

@@ -139,3 +139,21 @@ def test_real_smollm2_icl_sft_and_sft_icl_on_real_sessions_are_scored(tmp_path):
     for scores in (icl_scores, both_scores):
         assert scores["n_sessions"] == 3 and scores["n_scored"] + scores["n_failed"] == 3
         assert 0 <= scores["strict_precision"] <= 1
+
+
+def test_completion_only_logits_give_the_models_own_loss(tiny):
+    import torch
+
+    from kd_bundle.student import _collate, completion_loss, load_student
+
+    model, _ = load_student(StudentConfig(model=str(tiny)))
+    rows = [([5, 6, 7, 8, 9, 10], [-100, -100, -100, -100, 9, 10]), ([11, 12, 13], [-100, 12, 13])]
+    inputs = _collate(rows, pad_id=0, device="cpu")
+    with torch.no_grad():
+        ours = completion_loss(model, inputs)
+        full = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                     position_ids=inputs["position_ids"], labels=inputs["labels"]).loss
+        alone = model(input_ids=torch.tensor([[11, 12, 13]]), labels=torch.tensor([[-100, 12, 13]])).logits
+        padded = model(**{k: v for k, v in inputs.items() if k != "labels"}).logits
+    assert torch.allclose(ours, full, atol=1e-5)
+    assert torch.allclose(padded[1, -3:], alone[0], atol=1e-4)  # left padding with position ids changes nothing
