@@ -48,6 +48,10 @@ TINY_SHAPE = dict(LLAMA31_8B, hidden_size=64, intermediate_size=128, num_hidden_
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for noisy in ("httpx", "faiss.loader"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -249,6 +253,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--llama8b", action="store_true", help="GPU path: random Llama-3.1-8B-shaped student")
     parser.add_argument("--shape", default="8b", choices=["8b", "tiny"], help="with --llama8b: tiny = CPU code check")
     parser.add_argument("--tokenizer", default=None, help="with --llama8b: a folder with a chat-template tokenizer")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=Path(".kd-cache/bench/student"))
     return parser
 

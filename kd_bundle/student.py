@@ -1,8 +1,8 @@
 """The student: load it by name or path, and fine-tune a QLoRA adapter on knowledge-augmented examples.
 
 `train_student` has the TRL/PEFT shape: seed -> model (NF4 4-bit + LoRA from the config) -> dataset (length buckets
-under a token budget, so almost no compute goes to padding) -> a plain AdamW loop -> save the adapter with its
-configs. 4-bit runs on CUDA and on CPU (bitsandbytes >= 0.48 ships a CPU backend); where loading in 4-bit fails, it
+under a token budget, so almost no compute goes to padding) -> a plain AdamW loop whose loss reads the answer
+columns only (no LM head over the prompt) -> save the adapter with its configs. 4-bit runs on CUDA and on CPU (bitsandbytes >= 0.48 ships a CPU backend); where loading in 4-bit fails, it
 trains plain LoRA and logs a warning. torch/transformers/peft are imported inside functions, so importing
 kd_bundle stays fast. `python -m kd_bundle.student cfg.json` runs one training outside Prefect (see `_main`).
 """
