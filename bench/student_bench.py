@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     sft = SFTConfig(max_steps=args.steps, warmup_steps=min(5, args.steps // 4), batch_tokens=batch_tokens,
                     quantization="none" if args.no_4bit else "nf4")
     retrieved = _retrieve(sessions, args)
-    icl = ICLConfig(formats=tuple(args.icl_formats.split(",")) if args.icl_formats else (), demonstrations=args.k)
+    icl = ICLConfig(formats=tuple(args.icl_formats.split(",")) if args.icl_formats else (), demonstrations=args.k,
+                    prefill=args.prefill)
 
     report: dict[str, dict] = {}
     icl_predictions, report["icl"] = _timed_predict(sessions, retrieved, student, icl, None)
@@ -243,6 +244,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--k", type=int, default=2, help="ICL demonstrations")
     parser.add_argument("--icl-formats", default="raw", help="comma-separated retrieved formats; '' = zero-shot")
+    parser.add_argument("--prefill", default="", help="start of the ICL answer, e.g. \"Bundles: {'bundle1': ['product\"")
     parser.add_argument("--retrieval", default="auto", choices=["auto", "minilm", "tfidf"])
     parser.add_argument("--no-4bit", action="store_true", help="plain LoRA instead of QLoRA")
     parser.add_argument("--teacher-base-url", default=None, help="OpenAI-compatible endpoint to compare")

@@ -46,21 +46,28 @@ def predict_bundles(
     sessions: pl.DataFrame, prompts: pl.DataFrame, model: Any, tokenizer: Any, cfg: StudentConfig
 ) -> pl.DataFrame:
     """Generate for every prompt, parse the answers, map product numbers to item ids. Columns: PREDICTION_COLUMNS."""
-    joined = prompts.select("session_id", "prompt").join(
+    joined = prompts.select("session_id", "prompt", "prefill").join(
         sessions.select("session_id", "item_ids"), on="session_id", how="inner"
     )
+    prefills = joined["prefill"].to_list()
     started = time.perf_counter()
-    texts = generate_texts(model, tokenizer, joined["prompt"].to_list(), cfg)
+    texts = generate_texts(model, tokenizer, joined["prompt"].to_list(), cfg, prefills)
     log.info("generated %d answers in %.1f s", len(texts), time.perf_counter() - started)
-    rows = [_prediction(sid, items, text) for (sid, items), text in zip(joined.select("session_id", "item_ids").iter_rows(), texts)]
+    rows = [
+        _prediction(sid, items, prefill + text)  # the prefill is the start of the answer
+        for (sid, items), prefill, text in zip(joined.select("session_id", "item_ids").iter_rows(), prefills, texts)
+    ]
     failed = sum(row["bundles"] is None for row in rows)
     if failed:
         log.warning("predict_bundles: %d of %d answers did not parse", failed, len(rows))
     return predictions_frame(rows).select(list(PREDICTION_COLUMNS)).sort("session_id")
 
 
-def generate_texts(model: Any, tokenizer: Any, prompts: list[str], cfg: StudentConfig) -> list[str]:
-    """The new text for each prompt, in input order. Batches hold prompts of similar length (little padding)."""
+def generate_texts(
+    model: Any, tokenizer: Any, prompts: list[str], cfg: StudentConfig, prefills: list[str] | None = None
+) -> list[str]:
+    """The new text for each prompt, in input order. Batches hold prompts of similar length (little padding).
+    `prefills` (the answer text already in each prompt) only tell the stop rule where the answer began."""
     import torch
     from transformers import GenerationConfig
 
@@ -82,7 +89,7 @@ def generate_texts(model: Any, tokenizer: Any, prompts: list[str], cfg: StudentC
         batch = order[start : start + cfg.batch_size]
         encoded = tokenizer([prompts[i] for i in batch], add_special_tokens=False, padding=True, return_tensors="pt")
         encoded = {k: v.to(device) for k, v in encoded.items()}
-        stop = _AnswerClosed(tokenizer, encoded["input_ids"].shape[1])
+        stop = _AnswerClosed(tokenizer, encoded["input_ids"].shape[1], [prefills[i] if prefills else "" for i in batch])
         with torch.inference_mode():
             output = model.generate(**encoded, generation_config=generation, stopping_criteria=[stop])
         new = output[:, encoded["input_ids"].shape[1] :]
@@ -94,14 +101,15 @@ def generate_texts(model: Any, tokenizer: Any, prompts: list[str], cfg: StudentC
 class _AnswerClosed:
     """Stops a row once its answer dict is closed: small students ramble on after it, paying decode steps."""
 
-    def __init__(self, tokenizer: Any, prompt_width: int):
-        self.tokenizer, self.prompt_width = tokenizer, prompt_width
+    def __init__(self, tokenizer: Any, prompt_width: int, prefills: list[str]):
+        self.tokenizer, self.prompt_width, self.prefills = tokenizer, prompt_width, prefills
 
     def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
         import torch
 
         texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_width :], skip_special_tokens=True)
-        return torch.tensor([answer_closed(t) for t in texts], dtype=torch.bool, device=input_ids.device)
+        closed = [answer_closed(prefill + text) for prefill, text in zip(self.prefills, texts)]
+        return torch.tensor(closed, dtype=torch.bool, device=input_ids.device)
 
 
 def answer_closed(text: str) -> bool:

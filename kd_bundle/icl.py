@@ -27,7 +27,7 @@ from kd_bundle.prompts import (
 
 log = logging.getLogger(__name__)
 
-PROMPT_COLUMNS = ["session_id", "prompt", "prompt_tokens", "demonstrations", "lines"]
+PROMPT_COLUMNS = ["session_id", "prompt", "prefill", "prompt_tokens", "demonstrations", "lines"]
 EXAMPLE_COLUMNS = ["session_id", "prompt", "completion"]
 ANSWER_MARKER = "Bundles:"
 REASONING_MARKER = "Reasoning:"
@@ -59,6 +59,10 @@ class ICLConfig(BaseModel, frozen=True):
     )
     demonstrations: int = Field(3, ge=0, le=100, description="Nearest per-session blocks kept per format, at most.")
     max_lines: int = Field(20, ge=0, description="Domain-level lines (patterns, consolidated rules) kept, at most.")
+    prefill: str = Field(
+        "", description="Start of the assistant turn, e.g. \"Bundles: {'bundle1': ['product\": keeps a small base "
+        "model in the answer format; it is part of the raw answer. '' = none (the SFT student needs none)."
+    )
 
 
 def build_prompts(
@@ -67,11 +71,14 @@ def build_prompts(
     """One chat-templated prompt per session that fits `max_prompt_tokens`. Columns: PROMPT_COLUMNS."""
     _require(sessions, ["session_id", "titles"], "build_prompts")
     knowledge = knowledge_sections(retrieved, cfg.formats)
+    prefill_tokens = _count(tokenizer, cfg.prefill) if cfg.prefill else 0
+    budget = max_prompt_tokens - prefill_tokens
     rows = []
     for sid, titles in sessions.select("session_id", "titles").iter_rows():
         sections = knowledge.get(sid, [])
-        fitted = fit_prompt(titles, sections, tokenizer, cfg.demonstrations, cfg.max_lines, max_prompt_tokens)
-        rows.append((sid, fitted.prompt, fitted.tokens, fitted.demonstrations, fitted.lines))
+        fitted = fit_prompt(titles, sections, tokenizer, cfg.demonstrations, cfg.max_lines, budget)
+        rows.append((sid, fitted.prompt + cfg.prefill, cfg.prefill, fitted.tokens + prefill_tokens,
+                     fitted.demonstrations, fitted.lines))
     frame = pl.DataFrame(rows, schema=PROMPT_COLUMNS, orient="row")
     cut = frame.filter(pl.col("demonstrations") < pl.Series(_offered(knowledge, frame["session_id"], cfg.demonstrations)))
     if cut.height:

@@ -70,3 +70,17 @@ def test_generation_stops_once_the_answer_is_closed():
     assert not answer_closed("Reasoning: a {set} of cases")  # braces in reasoning are not the answer
     assert answer_closed("Reasoning: a {set}\nBundles: [['product1', 'product3']]")
     assert answer_closed("{'bundle1': ['product}1']} and then rambling") and not answer_closed("{'b': 'x}'")
+
+
+def test_the_prefill_is_part_of_the_parsed_answer(student):
+    from kd_bundle.generate import predict_bundles
+
+    model, tokenizer = load_student(student)
+    sessions = tiny_sessions().filter(pl.col("split") == "test")
+    prompts = pl.DataFrame({"session_id": [7, 8], "prompt": ["<|user|>\nhi</s>\n<|assistant|>\n"] * 2,
+                            "prefill": ["Bundles: {'bundle1': ['product1', 'product2']}"] * 2})
+    prefills = "Bundles: {'bundle1': ['product1', 'product2']}"
+    predictions = predict_bundles(sessions, prompts, model, tokenizer, student)
+    assert predictions["bundles"].to_list() == [[["I7_0", "I7_1"]], [["I8_0", "I8_1"]]]
+    raw = predictions["raw"].to_list()
+    assert all(r.startswith(prefills) and len(tokenizer(r[len(prefills):])["input_ids"]) <= 2 for r in raw)  # stopped at once

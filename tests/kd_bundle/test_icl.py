@@ -115,3 +115,11 @@ def test_answer_part_skips_reasoning_that_quotes_products():
     text = "Reasoning: ['product1', 'product2'] look alike.\nBundles: {'bundle1': ['product1', 'product3']}"
     assert answer_part(text).strip() == "{'bundle1': ['product1', 'product3']}"
     assert answer_part("{'bundle1': ['product2']}") == "{'bundle1': ['product2']}"
+
+
+def test_a_prefill_starts_the_answer_and_counts_against_the_budget(sessions, retrieved, tokenizer):
+    prefill = "Bundles: {'bundle1': ['product"
+    plain = build_prompts(sessions.head(1), retrieved, tokenizer, ICLConfig(formats=("raw",)), 4000)
+    primed = build_prompts(sessions.head(1), retrieved, tokenizer, ICLConfig(formats=("raw",), prefill=prefill), 4000)
+    assert primed["prompt"][0] == plain["prompt"][0] + prefill and primed["prefill"][0] == prefill
+    assert primed["prompt_tokens"][0] > plain["prompt_tokens"][0]
