@@ -52,6 +52,11 @@ class PipelineConfig(BaseModel, frozen=True):
     sampling_seed: int = Field(0, description="Seed of every sampling strategy.")
 
 
+def full_pool(strategy: str, ratio: float) -> tuple[str, float]:
+    """Every strategy at ratio 1.0 keeps every session: one pool, asked for once, whatever the cell's label."""
+    return ("all", 1.0) if ratio >= 1.0 else (strategy, ratio)
+
+
 class Plan:
     """Each artifact requested once: sessions, indexes, knowledge pools, retrievals, adapters, per flow run."""
 
@@ -81,6 +86,7 @@ class Plan:
         return vectors, self._once(("index", domain, sources), lambda: index_sessions(pooled, vectors))
 
     def sampled_sessions(self, domain: str, strategy: str, ratio: float) -> ArtifactRef:
+        strategy, ratio = full_pool(strategy, ratio)
         if strategy == "all":
             return self.sessions(domain)
         sampling = SamplingConfig(strategy=strategy, ratio=ratio, seed=self.cfg.sampling_seed)
@@ -99,6 +105,7 @@ class Plan:
 
     def knowledge(self, domain: str, fmt: str, strategy: str = "all", ratio: float = 1.0) -> ArtifactRef:
         """One domain's knowledge of one format, from its (sampled) training sessions."""
+        strategy, ratio = full_pool(strategy, ratio)
         sampled = self.sampled_sessions(domain, strategy, ratio)
         if fmt == "raw":
             return sampled
@@ -125,6 +132,7 @@ class Plan:
 
     def retrieved(self, domain: str, sources: tuple[str, ...], formats: tuple[str, ...], strategy: str,
                   ratio: float) -> ArtifactRef:
+        strategy, ratio = full_pool(strategy, ratio)
         def make() -> ArtifactRef:
             vectors, index = self.embeddings(domain, sources)
             knowledge = {fmt: self.pool(domain, sources, fmt, strategy, ratio) for fmt in formats}
@@ -136,6 +144,7 @@ class Plan:
                 ratio: float) -> ArtifactRef:
         """Patterns and rules go into the training input, thoughts become the reasoning before the answer;
         "raw" alone is plain session -> bundles fine-tuning on the (sampled) training sessions."""
+        strategy, ratio = full_pool(strategy, ratio)
         inputs = tuple(f for f in formats if f in ("patterns", "rules"))
         reasoning = "thoughts" in formats
         sft = self.cfg.sft.model_copy(update={
@@ -151,14 +160,23 @@ class Plan:
             return train_adapter(training, retrieved, thoughts, self.cfg.student, sft)
         return self._once(("adapter", domain, sources, formats, strategy, ratio), make)
 
-    def score_cell(self, cell: grid.Cell) -> ArtifactRef:
+    def predictions(self, cell: grid.Cell) -> ArtifactRef:
+        """Cells of different RQs with one configuration (RQ2 at ratio 1.0 is RQ1's cell) share their predictions."""
         sources, prompt_formats = cell.source_domains, grid.formats_of(cell.prompt_format)
-        retrieved = (self.retrieved(cell.domain, sources, prompt_formats, cell.strategy, cell.ratio)
-                     if prompt_formats else None)
-        adapter = (self.adapter(cell.domain, sources, grid.formats_of(cell.train_format), cell.strategy, cell.ratio)
-                   if cell.train_format else None)
-        icl = self.cfg.icl.model_copy(update={"formats": prompt_formats})
-        predictions = student_predict(self.sessions(cell.domain), retrieved, adapter, self.cfg.student, icl)
+
+        def make() -> ArtifactRef:
+            retrieved = (self.retrieved(cell.domain, sources, prompt_formats, cell.strategy, cell.ratio)
+                         if prompt_formats else None)
+            adapter = (self.adapter(cell.domain, sources, grid.formats_of(cell.train_format), cell.strategy,
+                                    cell.ratio) if cell.train_format else None)
+            icl = self.cfg.icl.model_copy(update={"formats": prompt_formats})
+            return student_predict(self.sessions(cell.domain), retrieved, adapter, self.cfg.student, icl)
+        key = ("predictions", cell.domain, sources, cell.train_format, cell.prompt_format,
+               *full_pool(cell.strategy, cell.ratio))
+        return self._once(key, make)
+
+    def score_cell(self, cell: grid.Cell) -> ArtifactRef:
+        predictions = self.predictions(cell)
         labels = CellLabels(**cell.result_fields(), method="student", model=self.cfg.student.model)
         return score_predictions(self.sessions(cell.domain), predictions, labels)
 

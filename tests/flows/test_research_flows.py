@@ -1,0 +1,97 @@
+"""The full grid on a tiny configuration: real sessions, a real loopback teacher server, a tiny random Llama student.
+
+A first run computes every task exactly once (no task is even asked twice); a second run recomputes nothing and
+sends no teacher request.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+
+import polars as pl
+import pytest
+
+from flows.cells import PipelineConfig, full_pool
+from flows.research import full_grid, rq1_knowledge_format
+from kd_bundle import grid
+from kd_bundle.grid import GridConfig, RQ1Grid, RQ2Grid, RQ3Grid
+from kd_bundle.retrieval import RetrievalConfig
+from kd_bundle.store import read_artifact
+from kd_bundle.student import SMOKE, StudentConfig
+from kd_bundle.teacher import TeacherConfig
+from tests.kd_bundle.openai_stub import StubOpenAI, bundle_teacher
+from tests.kd_bundle.tiny_student import build_tiny_student
+
+from .conftest import task_states
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+GRID = GridConfig(
+    domains=("food",),
+    rq1=RQ1Grid(formats=("raw", "patterns", "rules", "thoughts"), utilizations=("icl", "sft")),
+    rq2=RQ2Grid(formats=("rules",), utilizations=("icl", "sft"), strategies=("random", "length", "diversity", "difficulty"),
+                ratios=(0.5, 1.0), accumulate_domains=("food", "clothing"), aggregate_formats=("patterns", "rules")),
+    rq3=RQ3Grid(utilizations=("icl", "sft", "sft+icl"), train_formats=("rules",), prompt_formats=("raw", "thoughts")),
+)
+
+
+@pytest.fixture
+def pipeline(tmp_path, monkeypatch):
+    with StubOpenAI(bundle_teacher) as teacher:
+        monkeypatch.setenv("KD_TEACHER_BASE_URL", teacher.base_url)
+        monkeypatch.setenv("KD_TEACHER_API_KEY", "test-key")
+        student = StudentConfig(model=str(build_tiny_student(tmp_path / "tiny")), max_new_tokens=8, batch_size=4)
+        yield teacher, PipelineConfig(
+            max_train_sessions=12, max_test_sessions=4, teacher=TeacherConfig(model="stub-teacher"),
+            retrieval=RetrievalConfig(method="tfidf", k=3, tfidf_features=256), student=student, sft=SMOKE,
+        )
+
+
+def _run(flow, **params):
+    state = flow(**params, return_state=True)
+    assert state.is_completed(), state
+    return state.result(), task_states(state.state_details.flow_run_id)
+
+
+def test_full_grid_computes_each_artifact_once_then_nothing(pipeline):
+    teacher, cfg = pipeline
+    cells = grid.expand(GRID)
+    table, first = _run(full_grid, grid=GRID, pipeline=cfg)
+
+    # The plan asks for every artifact once, so no task is Cached in the first run. One exception: a 2-step
+    # adapter of the random tiny student can come out byte-identical for two samples that share their first
+    # batches; the predictions over it then share a cache key, which is content-addressing doing its job.
+    cached = {name for name, states in first.items() if "Cached" in states}
+    assert cached <= {"student-predict"}, cached
+    runs = Counter({name: len(states) for name, states in first.items()})
+    assert runs["distill-rules-food"] == runs["distill-rules-clothing"] == runs["distill-thoughts-food"] == 1
+    assert runs["train-adapter"] == len({(c.domain, c.source_domains, c.train_format, *full_pool(c.strategy, c.ratio))
+                                         for c in cells if c.train_format}), runs
+    assert not [name for name in runs if name.startswith("sample-training") and name.endswith("-1.0")]
+    configurations = {(c.domain, c.source_domains, c.train_format, c.prompt_format, *full_pool(c.strategy, c.ratio))
+                      for c in cells}
+    assert runs["student-predict"] == len(configurations) < len(cells)
+    paid = teacher.attempts
+    assert paid > 0
+
+    results = read_artifact(table)
+    assert results.height == len(cells) + 4  # + pattern and category baselines, teacher zero-shot and with rules
+    assert set(results["rq"]) == {"baseline", "rq1", "rq2", "rq3"}
+    students = results.filter(pl.col("method") == "student")
+    assert set(students["strategy"]) >= {"all", "random", "length", "diversity", "difficulty", "multi-domain", "multi-format"}
+    assert (students["n_sessions"] == 4).all()
+
+    again, second = _run(full_grid, grid=GRID, pipeline=cfg)
+    assert again == table
+    assert {s for states in second.values() for s in states} == {"Cached"}, second
+    assert teacher.attempts == paid  # not one teacher request more
+
+
+def test_rq1_reuses_what_the_grid_computed(pipeline):
+    _, cfg = pipeline
+    _run(full_grid, grid=GRID, pipeline=cfg)
+    _, states = _run(rq1_knowledge_format, domain="food", grid=GRID.rq1, pipeline=cfg)
+    # the RQ1 flow's own summary rows are new; every knowledge artifact, adapter and prediction is reused
+    new = {name for name, s in states.items() if "Completed" in s}
+    assert new == {"collect-results"}, new
