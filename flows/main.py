@@ -16,6 +16,8 @@ from flows.baselines import BaselineRun, baselines_flow
 from flows.cells import PipelineConfig
 from flows.research import rq1_knowledge_format
 from kd_bundle.config import DOMAINS
+from kd_bundle.grid import RQ1Grid
+from kd_bundle.icl import ICLConfig
 from kd_bundle.results import markdown_table
 from kd_bundle.rules import RuleConfig
 from kd_bundle.store import ArtifactRef, read_artifact
@@ -23,24 +25,27 @@ from kd_bundle.student import SFTConfig, StudentConfig
 from kd_bundle.teacher import TeacherConfig
 from kd_bundle.teacher_baseline import TeacherPredictConfig
 
-# 4 training sessions distilled by the teacher (~4 requests each), 9 test sessions (one per length 2..10):
-# SmolLM2 answers a request in ~5-15 s on 2 cores, so the teacher is the slow part.
+# 4 training sessions distilled by the teacher (~3 requests each), 6 test sessions (lengths 2..7). On 2 cores
+# SmolLM2 answers a teacher request in ~5-15 s and prefills a 1k-token ICL prompt in ~10 s: every number here
+# is sized so that the whole job stays within a few minutes (bench/README.md has the rates).
+DEMO_GRID = RQ1Grid(formats=("raw", "rules"), utilizations=("icl", "sft"))
 DEMO = PipelineConfig(
     max_train_sessions=4,
-    max_test_sessions=9,
+    max_test_sessions=6,
     rules=RuleConfig(feedback_rounds=1),
     teacher=TeacherConfig(max_tokens=128),
     teacher_rows=("none",),
     teacher_predict=TeacherPredictConfig(intents=False),
-    student=StudentConfig(max_new_tokens=96, batch_size=9),
-    sft=SFTConfig(max_steps=6, warmup_steps=0, lora_r=8, lora_alpha=16),
+    icl=ICLConfig(demonstrations=1),  # prefill dominates on CPU: one neighbour's knowledge per prompt
+    student=StudentConfig(max_new_tokens=64, batch_size=6),
+    sft=SFTConfig(max_steps=3, warmup_steps=0, lora_r=8, lora_alpha=16, batch_tokens=1024, max_batch_size=4),
 )
 
 
 @flow(name="main")
 def main_flow(domain: str = "electronic", pipeline: PipelineConfig = DEMO) -> tuple[ArtifactRef, ArtifactRef]:
     """Baselines on every domain, then RQ1 on a small slice of one."""
-    return baselines_flow(BaselineRun()), rq1_knowledge_format(domain, pipeline=pipeline)
+    return baselines_flow(BaselineRun()), rq1_knowledge_format(domain, grid=DEMO_GRID, pipeline=pipeline)
 
 
 def main(argv: list[str] | None = None) -> int:
