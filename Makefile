@@ -10,6 +10,8 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect-home
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 export PREFECT_LOGGING_EXTRA_LOGGERS := kd_bundle
+# kd_bundle logs also run outside flows (CLI, tests); Prefect would warn on every such line
+export PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW := ignore
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
