@@ -13,6 +13,7 @@ import polars as pl
 
 from kd_bundle.metrics import session_scores
 from kd_bundle.sampling import SamplingConfig, sample_sessions
+from kd_bundle.sessions import split_of
 
 DIFFICULTY_COLUMNS = ["session_id", "score"]
 _DOMAIN_ID_STRIDE = 10_000_000  # other domains' session ids become id + (index + 1) * stride
@@ -25,7 +26,7 @@ def sample_training(
     difficulty: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """`sessions` with its train split cut to the sample; test and valid untouched."""
-    train = sessions.filter(pl.col("split") == "train")
+    train = split_of(sessions, "train")
     vectors = None
     if embeddings is not None:
         aligned = train.select("session_id").join(embeddings, on="session_id", how="left", maintain_order="left")
@@ -33,22 +34,20 @@ def sample_training(
             raise ValueError("sample_training: some training sessions have no embedding")
         vectors = np.asarray(aligned["embedding"].to_list(), dtype=np.float32)
     sampled = sample_sessions(train, cfg, embeddings=vectors, difficulty=difficulty)
-    kept = sessions.filter((pl.col("split") != "train") | pl.col("session_id").is_in(sampled["session_id"].implode()))
-    return kept
+    return sessions.filter((pl.col("split") != "train") | pl.col("session_id").is_in(sampled["session_id"].implode()))
 
 
 def select_knowledge(knowledge: pl.DataFrame, sessions: pl.DataFrame) -> pl.DataFrame:
     """Rows of a per-session knowledge frame whose session is a training session of `sessions`."""
     if "session_id" not in knowledge.columns:
         raise ValueError(f"select_knowledge: a per-session knowledge frame needs session_id; got {knowledge.columns}")
-    train_ids = sessions.filter(pl.col("split") == "train")["session_id"].implode()
+    train_ids = split_of(sessions, "train")["session_id"].implode()
     return knowledge.filter(pl.col("session_id").is_in(train_ids))
 
 
 def difficulty_scores(predictions: pl.DataFrame, sessions: pl.DataFrame) -> pl.DataFrame:
     """Per training session, a reference model's precision (failed = 0): lower is harder."""
-    train = sessions.filter(pl.col("split") == "train")
-    scores = session_scores(predictions, train)
+    scores = session_scores(predictions, split_of(sessions, "train"))
     return scores.select("session_id", pl.col("precision").alias("score"))
 
 
@@ -62,7 +61,7 @@ def combine_domains(target: pl.DataFrame, others: list[pl.DataFrame]) -> pl.Data
     for index, other in enumerate(others):
         if "session_id" in other.columns:
             if "split" in other.columns:
-                other = other.filter(pl.col("split") == "train")
+                other = split_of(other, "train")
             other = other.with_columns(pl.col("session_id") + (index + 1) * _DOMAIN_ID_STRIDE)
         parts.append(other.select(target.columns))
     if target.height and "session_id" in target.columns and target["session_id"].max() >= _DOMAIN_ID_STRIDE:

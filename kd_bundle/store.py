@@ -40,8 +40,8 @@ class ArtifactRef(BaseModel, frozen=True):
         return f"{self.kind}:{self.sha256[:12]}({self.rows} rows)"
 
 
-# Kinds stored as folders (model adapters, embedding indexes) rather than one Parquet file.
-DIRECTORY_KINDS = {"adapter", "model"}
+# Kinds stored as folders (LoRA adapters) rather than one Parquet file.
+DIRECTORY_KINDS = {"adapter"}
 
 
 def store_root(root: Path | None = None) -> Path:
