@@ -49,14 +49,25 @@ class SourceFiles(CachePolicy):
         return digest.hexdigest()
 
 
-def _lock_manager() -> FileSystemLockManager:
-    return FileSystemLockManager(lock_files_directory=settings().store / ".locks")
+class StoreLockManager(FileSystemLockManager):
+    """File locks under `<store>/.locks`, the store read at each use rather than at import.
+
+    Every process that shares a store (two flow runs, a worker's subprocesses, a test's isolated store) then
+    shares its locks, whatever KD_STORE was when `tasks` was first imported.
+    """
+
+    def __init__(self) -> None:
+        self._locks = {}
+
+    @property
+    def lock_files_directory(self) -> Path:  # type: ignore[override]
+        return (settings().store / ".locks").expanduser().resolve()
 
 
 def content_policy(*modules: str, inputs: CachePolicy = INPUTS) -> CachePolicy:
     """INPUTS + TASK_SOURCE + library code; SERIALIZABLE so two runs of one key compute it once."""
     policy = inputs + TASK_SOURCE + LibraryCode(modules=tuple(f"kd_bundle.{m}" for m in modules))
-    return policy.configure(isolation_level="SERIALIZABLE", lock_manager=_lock_manager())
+    return policy.configure(isolation_level="SERIALIZABLE", lock_manager=StoreLockManager())
 
 
 def stage_task(*modules: str, inputs: CachePolicy = INPUTS, **options: Any) -> Callable[[Callable], "Stage"]:
