@@ -6,8 +6,10 @@ content cache makes a second run, or another flow needing the same artifact, reu
 
 from __future__ import annotations
 
+import sys
 from typing import Callable
 
+from prefect.context import FlowRunContext
 from pydantic import BaseModel, Field
 
 from kd_bundle import grid
@@ -23,6 +25,7 @@ from kd_bundle.teacher import TeacherConfig
 from kd_bundle.teacher_baseline import TeacherPredictConfig
 from kd_bundle.thoughts import ThoughtConfig
 from tasks.baselines import predict_baseline
+from tasks.common import resolved, submitted_stages
 from tasks.knowledge import combine_domains, difficulty_scores, sample_training, select_knowledge
 from tasks.patterns import mine_patterns
 from tasks.reports import publish_report
@@ -118,9 +121,9 @@ class Plan:
 
     def _distill(self, domain: str, fmt: str) -> ArtifactRef:
         if fmt == "rules":
-            return distill_rules(self.sessions(domain), domain, self.cfg.rules, self.cfg.teacher).session_rules
+            return resolved(distill_rules(self.sessions(domain), domain, self.cfg.rules, self.cfg.teacher)).session_rules
         if fmt == "thoughts":
-            return distill_thoughts(self.sessions(domain), domain, self.cfg.thoughts, self.cfg.teacher).thoughts
+            return resolved(distill_thoughts(self.sessions(domain), domain, self.cfg.thoughts, self.cfg.teacher)).thoughts
         raise ValueError(f"unknown knowledge format {fmt!r}; expected one of {grid.KNOWLEDGE_FORMATS}")
 
     def pool(self, domain: str, sources: tuple[str, ...], fmt: str, strategy: str, ratio: float) -> ArtifactRef:
@@ -189,7 +192,7 @@ class Plan:
             rows.append(score_predictions(sessions, predictions, CellLabels(domain=domain, method=f"{method}-baseline")))
         for fmt in self.cfg.teacher_rows:
             knowledge = None if fmt == "none" else self.retrieved(domain, (domain,), (fmt,), "all", 1.0)
-            answer = teacher_predict(sessions, self.cfg.teacher_predict, self.cfg.teacher, knowledge)
+            answer = resolved(teacher_predict(sessions, self.cfg.teacher_predict, self.cfg.teacher, knowledge))
             labels = CellLabels(domain=domain, method="teacher", knowledge_format=fmt,
                                 utilization="none" if fmt == "none" else "icl", model=self.cfg.teacher.model,
                                 teacher_tokens=answer.tokens)
@@ -197,12 +200,23 @@ class Plan:
         return rows
 
 
+def _on_dask() -> bool:
+    # A flow given a DaskTaskRunner has imported prefect_dask already; importing it here would cost every run ~3 s.
+    dask = sys.modules.get("prefect_dask")
+    return dask is not None and isinstance(FlowRunContext.get().task_runner, dask.DaskTaskRunner)
+
+
 def evaluate_cells(cells: list[grid.Cell], cfg: PipelineConfig, key: str) -> ArtifactRef:
-    """Score every cell plus the reference rows of each target domain; publish one results table and report."""
+    """Score every cell plus the reference rows of each target domain; publish one results table and report.
+
+    On a Dask task runner (flows/scale_out.py) every stage is submitted, so independent adapters and predictions
+    run at once on the cluster; otherwise the stages run one after the other in the flow's process.
+    """
     plan = Plan(cfg)
-    rows = [row for domain in dict.fromkeys(c.domain for c in cells) for row in plan.reference_rows(domain)]
-    rows += [plan.score_cell(cell) for cell in cells]
-    table = collect_results(rows)
+    with submitted_stages(enabled=_on_dask()):
+        rows = [row for domain in dict.fromkeys(c.domain for c in cells) for row in plan.reference_rows(domain)]
+        rows += [plan.score_cell(cell) for cell in cells]
+        table = resolved(collect_results(rows))
     publish_results(table, key, settings().results_dir)
     publish_report(table, key, settings().results_dir)
     return table

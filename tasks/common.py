@@ -9,12 +9,15 @@ from __future__ import annotations
 import hashlib
 import importlib
 import inspect
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from prefect import Task, task
+from prefect.futures import PrefectFuture
 from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
 from prefect.locking.filesystem import FileSystemLockManager
 from prefect.utilities.hashing import hash_objects
@@ -87,12 +90,32 @@ def stage_task(*modules: str, inputs: CachePolicy = INPUTS, **options: Any) -> C
     return wrap
 
 
+_SUBMIT = ContextVar("kd_bundle_submit_stages", default=False)
+
+
+@contextmanager
+def submitted_stages(enabled: bool = True) -> Iterator[None]:
+    """Inside, calling a Stage submits it to the flow's task runner (Dask: other processes or machines) and
+    returns a PrefectFuture; futures passed to later stages are their upstream dependencies."""
+    token = _SUBMIT.set(enabled)
+    try:
+        yield
+    finally:
+        _SUBMIT.reset(token)
+
+
+def resolved(value: Any) -> Any:
+    """The result behind a PrefectFuture (waiting for it), or the value itself."""
+    return value.result() if isinstance(value, PrefectFuture) else value
+
+
 class Stage:
     """A Prefect task that never hands back a stale reference.
 
     Prefect caches the small ArtifactRef a task returned, but cannot know that the Parquet file it points to
     was deleted since. Calling a Stage checks every ref in the result and recomputes the task (refreshing its
-    cache record) when one is missing. `.fn` and `.task` stay available for tests and for `.submit`.
+    cache record) when one is missing. Under `submitted_stages()` a call returns a future instead; a stale ref
+    there surfaces as ArtifactMissing in the stage that reads it. `.fn` and `.task` stay available for tests.
     """
 
     def __init__(self, prefect_task: Task):
@@ -101,6 +124,8 @@ class Stage:
         self.name = prefect_task.name
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if _SUBMIT.get():
+            return self.task.submit(*args, **kwargs)
         result = self.task(*args, **kwargs)
         if not all(ref.exists() for ref in artifact_refs(result)):
             result = self.task.with_options(refresh_cache=True)(*args, **kwargs)

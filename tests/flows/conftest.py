@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -10,6 +11,14 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
 from prefect.testing.utilities import prefect_test_harness
 
+from flows.cells import PipelineConfig
+from kd_bundle.retrieval import RetrievalConfig
+from kd_bundle.student import SMOKE, StudentConfig
+from kd_bundle.teacher import TeacherConfig
+from tests.kd_bundle.openai_stub import StubOpenAI, bundle_teacher
+from tests.kd_bundle.tiny_student import build_tiny_student
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
@@ -26,6 +35,19 @@ def isolated_store(tmp_path, monkeypatch):
     monkeypatch.setenv("KD_RESULTS_DIR", str(tmp_path / "published"))
     with temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: tmp_path / "prefect-results"}):
         yield tmp_path
+
+
+@pytest.fixture
+def pipeline(tmp_path, monkeypatch):
+    """A loopback stub teacher and a tiny random Llama student over 12 train / 4 test sessions per domain."""
+    with StubOpenAI(bundle_teacher) as teacher:
+        monkeypatch.setenv("KD_TEACHER_BASE_URL", teacher.base_url)
+        monkeypatch.setenv("KD_TEACHER_API_KEY", "test-key")
+        student = StudentConfig(model=str(build_tiny_student(tmp_path / "tiny")), max_new_tokens=8, batch_size=4)
+        yield teacher, PipelineConfig(
+            max_train_sessions=12, max_test_sessions=4, teacher=TeacherConfig(model="stub-teacher"),
+            retrieval=RetrievalConfig(method="tfidf", k=3, tfidf_features=256), student=student, sft=SMOKE,
+        )
 
 
 def task_states(flow_run_id, expected: int | None = None, timeout: float = 30) -> dict[str, list[str]]:

@@ -6,26 +6,17 @@ sends no teacher request.
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 
 import polars as pl
-import pytest
 
-from flows.cells import PipelineConfig, full_pool
+from flows.cells import full_pool
 from flows.research import full_grid, rq1_knowledge_format
 from kd_bundle import grid
 from kd_bundle.grid import GridConfig, RQ1Grid, RQ2Grid, RQ3Grid
-from kd_bundle.retrieval import RetrievalConfig
 from kd_bundle.store import read_artifact
-from kd_bundle.student import SMOKE, StudentConfig
-from kd_bundle.teacher import TeacherConfig
-from tests.kd_bundle.openai_stub import StubOpenAI, bundle_teacher
-from tests.kd_bundle.tiny_student import build_tiny_student
 
 from .conftest import task_states
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 GRID = GridConfig(
     domains=("food",),
@@ -34,18 +25,6 @@ GRID = GridConfig(
                 ratios=(0.5, 1.0), accumulate_domains=("food", "clothing"), aggregate_formats=("patterns", "rules")),
     rq3=RQ3Grid(utilizations=("icl", "sft", "sft+icl"), train_formats=("rules",), prompt_formats=("raw", "thoughts")),
 )
-
-
-@pytest.fixture
-def pipeline(tmp_path, monkeypatch):
-    with StubOpenAI(bundle_teacher) as teacher:
-        monkeypatch.setenv("KD_TEACHER_BASE_URL", teacher.base_url)
-        monkeypatch.setenv("KD_TEACHER_API_KEY", "test-key")
-        student = StudentConfig(model=str(build_tiny_student(tmp_path / "tiny")), max_new_tokens=8, batch_size=4)
-        yield teacher, PipelineConfig(
-            max_train_sessions=12, max_test_sessions=4, teacher=TeacherConfig(model="stub-teacher"),
-            retrieval=RetrievalConfig(method="tfidf", k=3, tfidf_features=256), student=student, sft=SMOKE,
-        )
 
 
 def _run(flow, **params):
