@@ -20,7 +20,8 @@ def infer_categories(sessions: pl.DataFrame, reference: pl.DataFrame, keep_given
     from sklearn.neighbors import NearestNeighbors
 
     known = (
-        reference.select("titles", "categories").explode("titles", "categories").drop_nulls("categories").unique("titles")
+        reference.select("titles", "categories").explode("titles", "categories").drop_nulls("categories")
+        .unique("titles", keep="first", maintain_order=True)  # any-row unique made reruns disagree
     )
     if known.height == 0:
         raise ValueError("infer_categories: the reference sessions carry no known category")

@@ -6,9 +6,10 @@ import polars as pl
 import pytest
 
 from kd_bundle.baselines import infer_categories, predict_baseline
-from kd_bundle.config import BaselineConfig, PatternConfig
+from kd_bundle.config import BaselineConfig, DataConfig, PatternConfig, settings
 from kd_bundle.patterns import PATTERN_SCHEMA, mine_patterns
 from kd_bundle.predictions import PREDICTION_COLUMNS
+from kd_bundle.sessions import load_sessions, split_of
 
 SCHEMA = {
     "session_id": pl.Int64,
@@ -139,3 +140,21 @@ def test_infer_categories_without_reference_category_raises() -> None:
     reference = REFERENCE.with_columns(pl.Series("categories", [[None, None], [None, None]], dtype=pl.List(pl.String)))
     with pytest.raises(ValueError, match="reference sessions carry no known category"):
         infer_categories(_targets(), reference)
+
+
+def test_infer_categories_takes_the_first_category_of_a_repeated_title() -> None:
+    # The same title under two categories (BundleRec has such items): the earlier session's wins, on every run.
+    reference = pl.concat([REFERENCE, REFERENCE.with_columns(
+        session_id=pl.Series([3, 4]), categories=pl.Series([["Tops", "Sneakers"], ["Clocks", None]]))])
+    for _ in range(20):
+        assert infer_categories(_targets(), reference)["categories"].to_list() == \
+            [["Shirts", "Shoes"], ["Watches", "Shirts", "Shoes"]]
+
+
+def test_inferred_categories_are_the_same_on_every_run_of_real_data() -> None:
+    # Training titles repeat; an any-row `unique` kept a different one on each run, and the scores moved with it.
+    frame = load_sessions(DataConfig(domain="food"), settings().data_root)
+    train, test = split_of(frame, "train"), split_of(frame, "test")
+    first = infer_categories(test, train)
+    for _ in range(4):
+        assert infer_categories(test, train).equals(first)
