@@ -1,22 +1,24 @@
 """The main job (`make run`): every stage of the study once, on the real data, in a few minutes on 2 cores.
 
-Non-LLM baselines on the full test split of all three domains, then RQ1 (knowledge format x ICL/SFT) on a small
-slice of one domain with the embedded SmolLM2 as teacher and student. Point KD_TEACHER_BASE_URL and
-`--teacher-model` at a strong model, and raise the slice, to run it for real.
+Non-LLM baselines on the full test split of all three domains, then one research question on a small slice of
+one domain with the embedded SmolLM2 as teacher and student: RQ1 (knowledge format x ICL/SFT, the default) or,
+with `--rq rq3`, RQ3 (ICL vs SFT vs SFT+ICL, training and prompt knowledge crossed). Point KD_TEACHER_BASE_URL
+and `--teacher-model` at a strong model, and raise the slice, to run it for real.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import Literal
 
 from prefect import flow
 
 from flows.baselines import BaselineRun, baselines_flow
 from flows.cells import PipelineConfig
-from flows.research import rq1_knowledge_format
-from kd_bundle.config import DOMAINS
-from kd_bundle.grid import RQ1Grid
+from flows.research import rq1_knowledge_format, rq3_knowledge_utilization
+from kd_bundle.config import DOMAINS, Domain
+from kd_bundle.grid import RQ1Grid, RQ3Grid
 from kd_bundle.icl import ICLConfig
 from kd_bundle.results import markdown_table
 from kd_bundle.rules import RuleConfig
@@ -29,6 +31,10 @@ from kd_bundle.teacher_baseline import TeacherPredictConfig
 # SmolLM2 answers a teacher request in ~5-15 s and prefills a 1k-token ICL prompt in ~10 s: every number here
 # is sized so that the whole job stays within a few minutes (bench/README.md has the rates).
 DEMO_GRID = RQ1Grid(formats=("raw", "rules"), utilizations=("icl", "sft"))
+# RQ3 on the same two formats: its ICL and SFT cells are RQ1's (shared, cached), SFT+ICL crosses them 2 x 2,
+# because the study found that the alignment of training and prompt knowledge matters.
+DEMO_RQ3_GRID = RQ3Grid(utilizations=("icl", "sft", "sft+icl"), train_formats=("raw", "rules"),
+                        prompt_formats=("raw", "rules"))
 DEMO = PipelineConfig(
     max_train_sessions=4,
     max_test_sessions=6,
@@ -36,29 +42,38 @@ DEMO = PipelineConfig(
     teacher=TeacherConfig(max_tokens=128),
     teacher_rows=("none",),
     teacher_predict=TeacherPredictConfig(intents=False),
-    icl=ICLConfig(demonstrations=1),  # prefill dominates on CPU: one neighbour's knowledge per prompt
+    # Prefill dominates on CPU: one neighbour's knowledge per prompt. The answer's opening words keep a 135M model
+    # in the answer format (bench/README.md); a strong student needs no prefill.
+    icl=ICLConfig(demonstrations=1, prefill="Bundles: {'bundle1': ['product"),
     student=StudentConfig(max_new_tokens=64, batch_size=6),
     sft=SFTConfig(max_steps=3, warmup_steps=0, lora_r=8, lora_alpha=16, batch_tokens=1024, max_batch_size=4),
 )
 
 
 @flow(name="main")
-def main_flow(domain: str = "electronic", pipeline: PipelineConfig = DEMO) -> tuple[ArtifactRef, ArtifactRef]:
-    """Baselines on every domain, then RQ1 on a small slice of one."""
-    return baselines_flow(BaselineRun()), rq1_knowledge_format(domain, grid=DEMO_GRID, pipeline=pipeline)
+def main_flow(domain: Domain = "electronic", rq: Literal["rq1", "rq3"] = "rq1",
+              pipeline: PipelineConfig = DEMO) -> tuple[ArtifactRef, ArtifactRef]:
+    """Baselines on every domain, then RQ1 or RQ3 on a small slice of one."""
+    baselines = baselines_flow(BaselineRun())
+    if rq == "rq3":
+        return baselines, rq3_knowledge_utilization(domain, grid=DEMO_RQ3_GRID, pipeline=pipeline)
+    return baselines, rq1_knowledge_format(domain, grid=DEMO_GRID, pipeline=pipeline)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.main", description=__doc__)
     parser.add_argument("--domain", choices=DOMAINS, default="electronic")
+    parser.add_argument("--rq", choices=("rq1", "rq3"), default="rq1",
+                        help="rq1: raw/rules x ICL/SFT; rq3: ICL, SFT and SFT+ICL with raw/rules knowledge crossed")
     parser.add_argument("--teacher-model", default=DEMO.teacher.model, help="model name at KD_TEACHER_BASE_URL")
     args = parser.parse_args(argv)
     pipeline = DEMO.model_copy(update={"teacher": DEMO.teacher.model_copy(update={"model": args.teacher_model})})
-    baselines, rq1 = main_flow(args.domain, pipeline)
+    baselines, cells = main_flow(args.domain, args.rq, pipeline)
     print("\n## Non-LLM baselines, full test split\n")
     print(markdown_table(read_artifact(baselines)))
-    print(f"\n## RQ1 on {args.domain}: {pipeline.max_test_sessions} test sessions, SmolLM2 teacher and student\n")
-    print(markdown_table(read_artifact(rq1)))
+    print(f"\n## {args.rq.upper()} on {args.domain}: {pipeline.max_test_sessions} test sessions, "
+          f"teacher {pipeline.teacher.model}, student {pipeline.student.model}\n")
+    print(markdown_table(read_artifact(cells)))
     return 0
 
 
