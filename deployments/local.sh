@@ -25,7 +25,8 @@ up() {
   "$PY" -m prefect worker start --pool kd-local >"$RUN/worker.log" 2>&1 &
   echo $! >"$RUN/worker.pid"
   echo "UI: http://127.0.0.1:$PORT   export PREFECT_API_URL=$PREFECT_API_URL"
-  echo "then: .venv/bin/prefect deployment run 'rq1-knowledge-format/by-domain' --param domain=food"
+  echo "then: .venv/bin/prefect deployment run 'rq1-knowledge-format/smoke' --param domain=food --watch   (2 min)"
+  echo "  or: .venv/bin/prefect deployment run 'rq1-knowledge-format/by-domain' --param domain=food   (the full study)"
 }
 
 down() {
