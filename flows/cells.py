@@ -26,7 +26,7 @@ from kd_bundle.teacher_baseline import TeacherPredictConfig
 from kd_bundle.thoughts import ThoughtConfig
 from tasks.baselines import predict_baseline
 from tasks.common import resolved, submitted_stages
-from tasks.knowledge import combine_domains, difficulty_scores, sample_training, select_knowledge
+from tasks.knowledge import combine_domains, difficulty_scores, pool_training, sample_training, select_knowledge
 from tasks.patterns import mine_patterns
 from tasks.reports import publish_report
 from tasks.scoring import collect_results, publish_results, score_predictions
@@ -76,14 +76,17 @@ class Plan:
                           max_test_sessions=self.cfg.max_test_sessions)
         return self._once(("sessions", domain), lambda: load_sessions(data, settings().data_root))
 
-    def pooled_sessions(self, domain: str, sources: tuple[str, ...]) -> ArtifactRef:
-        """The target's sessions plus the other source domains' training sessions (ids made disjoint)."""
+    def pooled_sessions(self, domain: str | None, sources: tuple[str, ...]) -> ArtifactRef:
+        """The target's sessions plus the other source domains' training sessions (ids made disjoint).
+        domain None: the sources' training sessions only, the same for every target (multi-domain SFT)."""
+        if domain is None:
+            return self._once(("training", sources, "raw"), lambda: pool_training([self.sessions(d) for d in sources]))
         others = [self.sessions(d) for d in sources if d != domain]
         if not others:
             return self.sessions(domain)
         return self._once(("pooled", domain, sources), lambda: combine_domains(self.sessions(domain), others))
 
-    def embeddings(self, domain: str, sources: tuple[str, ...]) -> tuple[ArtifactRef, ArtifactRef]:
+    def embeddings(self, domain: str | None, sources: tuple[str, ...]) -> tuple[ArtifactRef, ArtifactRef]:
         pooled = self.pooled_sessions(domain, sources)
         vectors = self._once(("embeddings", domain, sources), lambda: embed_sessions(pooled, self.cfg.retrieval))
         return vectors, self._once(("index", domain, sources), lambda: index_sessions(pooled, vectors))
@@ -126,14 +129,17 @@ class Plan:
             return resolved(distill_thoughts(self.sessions(domain), domain, self.cfg.thoughts, self.cfg.teacher)).thoughts
         raise ValueError(f"unknown knowledge format {fmt!r}; expected one of {grid.KNOWLEDGE_FORMATS}")
 
-    def pool(self, domain: str, sources: tuple[str, ...], fmt: str, strategy: str, ratio: float) -> ArtifactRef:
+    def pool(self, domain: str | None, sources: tuple[str, ...], fmt: str, strategy: str, ratio: float) -> ArtifactRef:
+        """Knowledge of one format for a target (ids as in pooled_sessions); domain None: for multi-domain SFT."""
+        if domain is None:
+            return self._once(("training", sources, fmt), lambda: pool_training([self.knowledge(d, fmt) for d in sources]))
         others = [self.knowledge(d, fmt) for d in sources if d != domain]
         if not others:
             return self.knowledge(domain, fmt, strategy, ratio)
         return self._once(("pool", domain, sources, fmt),
                           lambda: combine_domains(self.knowledge(domain, fmt), others))
 
-    def retrieved(self, domain: str, sources: tuple[str, ...], formats: tuple[str, ...], strategy: str,
+    def retrieved(self, domain: str | None, sources: tuple[str, ...], formats: tuple[str, ...], strategy: str,
                   ratio: float) -> ArtifactRef:
         strategy, ratio = full_pool(strategy, ratio)
         def make() -> ArtifactRef:
@@ -153,15 +159,18 @@ class Plan:
         sft = self.cfg.sft.model_copy(update={
             "knowledge": self.cfg.sft.knowledge.model_copy(update={"formats": inputs}), "reasoning": reasoning})
 
+        # Several sources: train on their training sessions alone, so that every target shares one adapter.
+        target = domain if len(sources) == 1 else None
+
         def make() -> ArtifactRef:
-            if len(sources) > 1:
-                training = self.pooled_sessions(domain, sources)
+            if target is None:
+                training = self.pooled_sessions(None, sources)
             else:
                 training = self.sampled_sessions(domain, strategy, ratio)
-            retrieved = self.retrieved(domain, sources, inputs, strategy, ratio) if inputs else None
-            thoughts = self.pool(domain, sources, "thoughts", strategy, ratio) if reasoning else None
+            retrieved = self.retrieved(target, sources, inputs, strategy, ratio) if inputs else None
+            thoughts = self.pool(target, sources, "thoughts", strategy, ratio) if reasoning else None
             return train_adapter(training, retrieved, thoughts, self.cfg.student, sft)
-        return self._once(("adapter", domain, sources, formats, strategy, ratio), make)
+        return self._once(("adapter", target, sources, formats, strategy, ratio), make)
 
     def predictions(self, cell: grid.Cell) -> ArtifactRef:
         """Cells of different RQs with one configuration (RQ2 at ratio 1.0 is RQ1's cell) share their predictions."""

@@ -67,3 +67,14 @@ def combine_domains(target: pl.DataFrame, others: list[pl.DataFrame]) -> pl.Data
     if target.height and "session_id" in target.columns and target["session_id"].max() >= _DOMAIN_ID_STRIDE:
         raise ValueError(f"combine_domains: session ids must be below {_DOMAIN_ID_STRIDE} to pool domains")
     return pl.concat(parts, how="vertical_relaxed")
+
+
+def pool_training(frames: list[pl.DataFrame]) -> pl.DataFrame:
+    """Several domains' training rows with disjoint session ids, the same whichever domain is the target.
+
+    What a multi-domain adapter trains on: `combine_domains` keeps the target's test sessions and numbers the other
+    domains by their position after it, so each target would get a different training frame and its own adapter.
+    """
+    if not frames:
+        raise ValueError("pool_training: no domain to pool")
+    return combine_domains(frames[0].clear(), frames)

@@ -29,3 +29,8 @@ def difficulty_scores(train_predictions: ArtifactRef, all_sessions: ArtifactRef)
 @stage_task("pools", task_run_name="combine-domains-{target.kind}")
 def combine_domains(target: ArtifactRef, others: list[ArtifactRef]) -> ArtifactRef:
     return write_artifact(pools.combine_domains(read_artifact(target), [read_artifact(o) for o in others]), target.kind)
+
+
+@stage_task("pools", task_run_name="pool-training")
+def pool_training(frames: list[ArtifactRef]) -> ArtifactRef:
+    return write_artifact(pools.pool_training([read_artifact(f) for f in frames]), frames[0].kind)

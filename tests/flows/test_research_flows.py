@@ -74,3 +74,16 @@ def test_rq1_reuses_what_the_grid_computed(pipeline):
     # the RQ1 flow's own summary rows are new; every knowledge artifact, adapter and prediction is reused
     new = {name for name, s in states.items() if "Completed" in s}
     assert new == {"collect-results"}, new
+
+
+def test_multi_domain_adapter_is_shared_by_every_target(pipeline):
+    _, cfg = pipeline
+    two = GridConfig(domains=("food", "clothing"), rqs=("rq2",), rq2=RQ2Grid(
+        formats=("raw",), utilizations=("sft",), strategies=("random",), ratios=(1.0,),
+        accumulate_domains=("food", "clothing"), aggregate_formats=("raw",)))
+    cells = grid.expand(two)
+    table, states = _run(full_grid, grid=two, pipeline=cfg.model_copy(update={"teacher_rows": ()}))
+    # food alone, clothing alone, and food + clothing: the two targets' multi-domain cells train on the same data
+    assert len(states["train-adapter"]) == len(grid.cells_by_adapter(cells)) == 3, states
+    multi = read_artifact(table).filter(pl.col("strategy") == "multi-domain")
+    assert sorted(multi["domain"]) == ["clothing", "food"]
