@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
+import polars as pl
 from prefect.artifacts import create_table_artifact
 
 from kd_bundle import metrics, results, sessions
+from kd_bundle.predictions import write_predictions_jsonl
 from kd_bundle.store import ArtifactRef, read_artifact, write_artifact
 from tasks.common import stage_task
 
@@ -27,10 +30,22 @@ def collect_results(rows: list[ArtifactRef]) -> ArtifactRef:
 
 def publish_results(table: ArtifactRef, key: str, out_dir: Path) -> Path:
     """Called from a flow, not a task: side effects only, so nothing to cache. A stable copy of the table
-    under `out_dir` and a table artifact in the Prefect UI (versioned by `key` across runs)."""
+    under `out_dir`, each row's predictions as the JSON Lines `python -m kd_bundle score` reads (in
+    `out_dir/<key>/predictions/`), and a table artifact in the Prefect UI (versioned by `key` across runs)."""
     frame = read_artifact(table)
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{key}.parquet"
     shutil.copyfile(table.path(), target)
+    for row in frame.filter(pl.col("predictions_sha256") != "").iter_rows(named=True):
+        scored = ArtifactRef(kind="predictions", sha256=row["predictions_sha256"], rows=row["n_sessions"])
+        write_predictions_jsonl(read_artifact(scored), out_dir / key / "predictions" / f"{row_label(row)}.jsonl")
     create_table_artifact(key=key, table=frame.to_dicts(), description=f"kd-bundle results ({table})")
     return target
+
+
+def row_label(row: dict) -> str:
+    """A file name for one results row: 'food-rq3-student-rules_to_thoughts-sft_and_icl-all-1' for the SFT+ICL cell
+    trained on rules and prompted with thoughts."""
+    label = "-".join(str(row[c]) for c in ("domain", "rq", "method", "knowledge_format", "utilization", "strategy"))
+    label = f"{label}-{row['ratio']:g}".replace("|", "_to_").replace("+", "_and_")
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", label)

@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import polars as pl
 from prefect.client.orchestration import get_client
 
@@ -38,6 +42,21 @@ def test_second_run_recomputes_nothing(isolated_store):
     with get_client(sync_client=True) as client:
         artifact = client.read_latest_artifacts()
     assert any(a.key == "baselines" for a in artifact)
+
+
+def test_published_predictions_are_what_the_score_cli_reads(isolated_store):
+    table, _ = _run(SMALL)
+    folder = isolated_store / "published" / "baselines" / "predictions"
+    files = sorted(p.name for p in folder.glob("*.jsonl"))
+    assert files == ["food-baseline-category-baseline-none-none-all-1.jsonl",
+                     "food-baseline-pattern-baseline-none-none-all-1.jsonl"]
+    row = read_artifact(table).filter(pl.col("method") == "pattern-baseline").row(0, named=True)
+    scored = subprocess.run([sys.executable, "-m", "kd_bundle", "score", "--domain", "food",
+                             "--predictions", str(folder / files[1])], capture_output=True, text=True, check=True)
+    cli = json.loads(scored.stdout)
+    # the CLI scores against all 180 test sessions: the 153 outside the slice are missing, not wrong
+    assert cli["n_missing"] == 180 - row["n_sessions"]
+    assert (cli["n_scored"], cli["precision"], cli["recall"]) == (row["n_scored"], row["precision"], row["recall"])
 
 
 def test_changed_config_recomputes_only_downstream():
