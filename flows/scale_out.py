@@ -7,9 +7,8 @@
 `prefect.yaml` deploys `full-grid/dask` from `full_grid_on_dask`. Dask's nanny starts each worker process with
 OMP_NUM_THREADS=1, so torch stages use one core each: give a CPU machine as many workers as it has cores. Each
 worker loads its own copy of the student, so on a GPU machine give it as many workers as the models that fit in
-GPU memory at once (one, for an 8B student in 4-bit on one GPU). Every
-worker must see the same KD_STORE and Prefect result storage (one machine: its disk; several: a shared volume),
-because artifacts, cache records and locks are files.
+GPU memory at once (one, for an 8B student in 4-bit on one GPU). Every worker must see the same KD_STORE and
+Prefect result storage (one machine: its disk; several: a shared volume): artifacts, cache records and locks are files.
 """
 
 from __future__ import annotations
