@@ -80,7 +80,7 @@ class Plan:
         """The target's sessions plus the other source domains' training sessions (ids made disjoint).
         domain None: the sources' training sessions only, the same for every target (multi-domain SFT)."""
         if domain is None:
-            return self._once(("training", sources, "raw"), lambda: pool_training([self.sessions(d) for d in sources]))
+            return self.pool(None, sources, "raw", "all", 1.0)
         others = [self.sessions(d) for d in sources if d != domain]
         if not others:
             return self.sessions(domain)
