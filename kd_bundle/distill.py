@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import sys
 import time
 
 import polars as pl
@@ -22,9 +23,9 @@ import polars as pl
 from kd_bundle import rules, teacher_baseline, thoughts
 from kd_bundle.config import DOMAINS, DataConfig, settings
 from kd_bundle.models import SMOLLM2
-from kd_bundle.sessions import load_sessions, split_of
+from kd_bundle.sessions import DataError, load_sessions, split_of
 from kd_bundle.store import write_artifact
-from kd_bundle.teacher import ClientSettings, TeacherClient, TeacherConfig
+from kd_bundle.teacher import ClientSettings, TeacherClient, TeacherConfig, TeacherError
 from kd_bundle.teacher_server import EmbeddedTeacher
 
 log = logging.getLogger("kd_bundle.teacher")
@@ -35,6 +36,14 @@ def cli(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpx2").setLevel(logging.WARNING)
+    try:
+        return _distill(args)
+    except (TeacherError, DataError) as exc:  # the messages name the endpoint or file and what to do; no traceback
+        print(f"python -m kd_bundle distill {args.what}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _distill(args: argparse.Namespace) -> int:
     data = DataConfig(domain=args.domain, max_train_sessions=args.max_train_sessions,
                       max_test_sessions=args.max_test_sessions)
     sessions = load_sessions(data, settings().data_root)

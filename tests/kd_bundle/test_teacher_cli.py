@@ -25,6 +25,17 @@ def test_distill_commands_run_and_a_rerun_sends_nothing(stub, capsys):
     assert f"{paid} answered requests" in capsys.readouterr().out
 
 
+def test_distill_against_a_refused_endpoint_fails_in_one_line(teacher_env, monkeypatch, capsys):
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("KD_TEACHER_BASE_URL", f"http://127.0.0.1:{port}/v1")
+    args = ["--domain", "electronic", "--max-train-sessions", "2", "--model", "stub-teacher", "--no-server"]
+    assert main(["distill", "rules", *args]) == 2
+    err = capsys.readouterr().err
+    assert f"http://127.0.0.1:{port}/v1" in err and "rerun to resume" in err and "Traceback" not in err
+
+
 @pytest.mark.slow
 def test_real_smollm2_teacher_through_the_embedded_server(teacher_env, electronic_sessions, monkeypatch):
     """The real path: llm-katan's transformers backend serving the converted SmolLM2 folder (~1 min on 2 cores)."""
