@@ -21,7 +21,7 @@ Frames that `as_knowledge` converts on the way in:
 | session_id + thought (+ bundles)       | per-session | products, "Reasoning: <thought>", then the true bundles |
 | session_id + knowledge                 | per-session | as is                                                  |
 | knowledge (or rules) without session_id| domain      | one line per row                                       |
-| categories + support (patterns frame)  | domain, rendered per query with `patterns.render_pattern_lines(patterns, the query's categories, max_lines)` |
+| categories + support (patterns frame)  | domain, rendered per query with `patterns.render_pattern_lines(patterns, the query's categories, max_lines)`; the query's categories are inferred from its titles (baselines.infer_categories), never the given ones |
 
 Per-session ids refer to the `sessions` frame given to retrieval: for multi-domain accumulation, concatenate the
 domains' sessions with disjoint ids and the other domains' sessions in split "train".
@@ -280,10 +280,14 @@ def _is_patterns(frame: pl.DataFrame) -> bool:
 
 
 def _pattern_rows(sessions: pl.DataFrame, patterns: pl.DataFrame, max_lines: int) -> list[tuple]:
+    """Pattern lines per query, chosen by the categories inferred from its titles, never by the given ones: BundleRec
+    gives categories for bundled items only, so a given category would tell the student which items are bundled."""
+    from kd_bundle.baselines import infer_categories
     from kd_bundle.patterns import render_pattern_lines
 
+    inferred = infer_categories(sessions, sessions.filter(pl.col("split") == "train"))
     rows = []
-    for sid, categories in sessions.select("session_id", "categories").iter_rows():
+    for sid, categories in inferred.select("session_id", "categories").iter_rows():
         present = [c for c in (categories or []) if c]
         rows.append((sid, [], [], list(render_pattern_lines(patterns, present, max_lines))))
     return rows
