@@ -1,6 +1,7 @@
 """Prompt text shared by teacher and student: AICL's wording (notes/paper.md section 4), versioned.
 
-Any edit to a template must bump PROMPT_VERSION: it is part of the cache key of every LLM stage.
+Any edit to a shared template must bump PROMPT_VERSION: it is part of the cache key of every LLM stage. A template
+only one stage sends (EXPLAIN_ERRORS_INSTRUCTION: rules) bumps that stage's own version instead.
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ ADJUST_INSTRUCTION = (
 REGENERATE_INTENT_INSTRUCTION = (
     "Given the adjusted bundles, regenerate the intents behind each bundle, "
     "the output format is: {'bundle number':'intent'}."
+)
+EXPLAIN_ERRORS_INSTRUCTION = (
+    "The correct bundles of this sequence are: {truth}. Compare them with the bundles you detected above and "
+    "explain the causes of your errors: why did you group products that do not belong together, or miss products "
+    "that do?"
 )
 RULES_QUESTION = "Based on conversations above, which rules do you find when detecting bundles?"
 DETECT_WITH_KNOWLEDGE = (

@@ -43,7 +43,7 @@ class TeacherPredictions(BaseModel, frozen=True):
     tokens: int  # prompt + completion tokens behind these predictions (results.RESULT_SCHEMA teacher_tokens)
 
 
-@teacher_task(*_LIBRARY, "rules", task_run_name="distill-rules-{domain}")
+@teacher_task(*_LIBRARY, "rules", "reflection", task_run_name="distill-rules-{domain}")
 def distill_rules(sessions: ArtifactRef, domain: str, cfg: rules.RuleConfig, teacher: TeacherConfig) -> RuleArtifacts:
     with _teacher(teacher, f"rules-{domain}") as client:
         session_rules, consolidated = rules.distill_rules(read_artifact(sessions), domain, cfg, client)

@@ -6,7 +6,7 @@ import polars as pl
 import pytest
 
 from kd_bundle.parsing import ParsedBundles
-from kd_bundle.prompts import RULES_QUESTION
+from kd_bundle.prompts import ADJUST_INSTRUCTION, INTENT_INSTRUCTION, RULES_QUESTION, bundle_positions, format_bundles
 from kd_bundle.rules import (
     RULE_COLUMNS,
     SESSION_RULE_COLUMNS,
@@ -18,7 +18,13 @@ from kd_bundle.rules import (
     type_errors,
 )
 from kd_bundle.teacher import TeacherClient, TeacherConfig
-from tests.kd_bundle.openai_stub import StubOpenAI, electronic_sessions, stub, teacher_env  # noqa: F401
+from tests.kd_bundle.openai_stub import (  # noqa: F401
+    StubOpenAI,
+    bundle_teacher,
+    electronic_sessions,
+    stub,
+    teacher_env,
+)
 
 TRUTH = [[1, 2, 3], [4, 5]]
 
@@ -78,25 +84,42 @@ def test_consolidation_merges_near_duplicates_and_counts_sessions():
     assert consolidate_rules(rows.head(0), RuleConfig()).height == 0
 
 
-def test_distill_rules_end_to_end_on_real_sessions(stub, electronic_sessions):
+def test_distill_rules_follows_aicls_conversation_on_real_sessions(stub, electronic_sessions):
     cfg = TeacherConfig(model="stub-teacher", max_tokens=64)
     with TeacherClient(cfg) as client:
-        session_rules, rules = distill_rules(electronic_sessions, "electronic", RuleConfig(feedback_rounds=2), client)
+        session_rules, rules = distill_rules(electronic_sessions, "electronic", RuleConfig(), client)
     assert session_rules.schema == pl.Schema(SESSION_RULE_COLUMNS)
-    assert session_rules["session_id"].to_list() == electronic_sessions.filter(pl.col("split") == "train")["session_id"].to_list()
-    for row in session_rules.iter_rows(named=True):
-        turns = row["conversation"]
+    train = electronic_sessions.filter(pl.col("split") == "train")
+    assert session_rules["session_id"].to_list() == train["session_id"].to_list()
+    explained = 0
+    for row, session in zip(session_rules.iter_rows(named=True), train.iter_rows(named=True)):
+        turns, steps = row["conversation"], row["steps"]
+        assert [t["role"] for t in turns] == ["user", "assistant"] * len(steps)
         assert turns[0]["content"].startswith("A bundle can be") and "'product1':" in turns[0]["content"]
-        assert [t["role"] for t in turns] == ["user", "assistant"] * (len(turns) // 2)
-        assert turns[-2]["content"] == RULES_QUESTION and turns[-1]["content"] == row["summary"]
-        assert row["feedback_rounds"] == (len(turns) - 4) // 2 <= 2
+        # self-correction: intents, then adjust; the stub's adjusted bundles repeat the first ones, so AICL stops early
+        assert steps[:3] == ["detect", "intents", "adjust"] and "regenerate-intents" not in steps
+        assert turns[2]["content"] == INTENT_INSTRUCTION and turns[4]["content"] == ADJUST_INSTRUCTION
+        assert row["self_corrected"] is False
+        assert row["feedback_rounds"] == steps.count("feedback") <= 4
         if row["feedback_rounds"]:
-            assert turns[2]["content"].startswith("Here are some tips for the detected bundles")
+            assert turns[6]["content"].startswith("Here are some tips for the detected bundles")
+        truth = bundle_positions(session["bundles"], session["item_ids"])
+        assert row["first_bundles"] == [[1, 2]]
+        assert row["first_precision"] == (1.0 if any({1, 2} <= set(t) for t in truth) else 0.0)
+        assert row["first_error_codes"] == type_errors(ParsedBundles([[1, 2]]), truth)
+        first_wrong = row["first_error_codes"] != [0] or len(truth) > 1
+        assert ("explain" in steps) == first_wrong
+        if first_wrong:
+            explained += 1
+            explain = turns[2 * steps.index("explain")]["content"]
+            assert format_bundles(truth) in explain and "causes of your errors" in explain
+        assert steps[-1] == "rules" and turns[-2]["content"] == RULES_QUESTION and turns[-1]["content"] == row["summary"]
         assert row["error"] is None and row["parse_failures"] == 0
         assert row["rules"] == ["Group a device with the accessories made for it.",
                                 "Products of the same brand and type often form a bundle.",
                                 "Group a device together with accessories made for it."]
         assert row["knowledge"].startswith("- Group a device")
+    assert explained > 0  # real sessions where the stub's first answer is wrong
     # near-duplicate wordings merge; every session supports both distinct rules
     assert rules["rule"].to_list() == ["Group a device with the accessories made for it.",
                                        "Products of the same brand and type often form a bundle."]
@@ -104,17 +127,42 @@ def test_distill_rules_end_to_end_on_real_sessions(stub, electronic_sessions):
     assert len(stub.answered) == sum(len(c) // 2 for c in session_rules["conversation"].to_list())
 
 
+def test_a_changed_adjustment_regenerates_intents_and_every_step_can_be_switched_off(teacher_env, electronic_sessions,
+                                                                                    monkeypatch):
+    def teacher(messages):
+        last = messages[-1]["content"]
+        if last == ADJUST_INSTRUCTION:
+            return "{'bundle1': ['product2', 'product3']}"
+        return bundle_teacher(messages)
+
+    session = electronic_sessions.filter(pl.col("split") == "train").head(1)
+    with StubOpenAI(teacher) as server:
+        monkeypatch.setenv("KD_TEACHER_BASE_URL", server.base_url)
+        with TeacherClient(TeacherConfig(model="stub-teacher")) as client:
+            full, _ = distill_rules(session, "electronic", RuleConfig(feedback_rounds=0, explain_errors=False), client)
+            bare, _ = distill_rules(session, "electronic", RuleConfig(self_correction=False, feedback_rounds=0,
+                                                                      explain_errors=False), client)
+    assert full["steps"][0].to_list() == ["detect", "intents", "adjust", "regenerate-intents", "rules"]
+    assert full["self_corrected"][0] is True and full["final_bundles"][0].to_list() == [[2, 3]]
+    assert full["first_bundles"][0].to_list() == [[1, 2]]  # the first answer, not the adjusted one
+    assert bare["steps"][0].to_list() == ["detect", "rules"] and len(bare["conversation"][0]) == 4
+
+
 def test_garbage_answers_are_recorded_as_failures_and_never_stop_the_run(teacher_env, electronic_sessions, monkeypatch):
     with StubOpenAI(lambda messages: "}}} ### ??") as server:
         monkeypatch.setenv("KD_TEACHER_BASE_URL", server.base_url)
         with TeacherClient(TeacherConfig(model="stub-teacher")) as client:
             session_rules, rules = distill_rules(electronic_sessions, "electronic", RuleConfig(feedback_rounds=1), client)
-            assert client.progress().failures == 4 * 3  # two unreadable answers + no rules, per session
+            assert client.progress().failures == 4 * 4  # detect, adjust, feedback unreadable + no rules, per session
     assert session_rules.height == 4 and rules.height == 0
     assert session_rules["error"].to_list() == ["no rule of 4+ words in the summary"] * 4
-    assert session_rules["parse_failures"].to_list() == [2] * 4
+    assert session_rules["parse_failures"].to_list() == [3] * 4
     assert session_rules["summary"].to_list() == ["}}} ### ??"] * 4  # the raw answer is kept
     assert session_rules["final_error_codes"].to_list() == [[5]] * 4
+    assert session_rules["first_error_codes"].to_list() == [[5]] * 4
+    assert session_rules["first_precision"].to_list() == [0.0] * 4
+    # the repeated garbage stops the self-correction early; the explanation is still asked (every answer was wrong)
+    assert session_rules["steps"][0].to_list() == ["detect", "intents", "adjust", "feedback", "explain", "rules"]
     assert session_rules["knowledge"].null_count() == 4
 
 
