@@ -11,7 +11,10 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
+from kd_bundle.baselines import infer_categories, predict_baseline
+from kd_bundle.config import BaselineConfig, PatternConfig
 from kd_bundle.metrics import session_scores
+from kd_bundle.patterns import mine_patterns
 from kd_bundle.sampling import SamplingConfig, sample_sessions
 from kd_bundle.sessions import split_of
 
@@ -45,10 +48,36 @@ def select_knowledge(knowledge: pl.DataFrame, sessions: pl.DataFrame) -> pl.Data
     return knowledge.filter(pl.col("session_id").is_in(train_ids))
 
 
-def difficulty_scores(predictions: pl.DataFrame, sessions: pl.DataFrame) -> pl.DataFrame:
-    """Per training session, a reference model's precision (failed = 0): lower is harder."""
-    scores = session_scores(predictions, split_of(sessions, "train"))
-    return scores.select("session_id", pl.col("precision").alias("score"))
+def teacher_difficulty(session_rules: pl.DataFrame) -> pl.DataFrame:
+    """Per training session, how wrong the teacher's FIRST answer was (the rule loop's first answer, before any
+    self-correction or feedback): `score` = its strict precision (unreadable = 0), lower is harder; the AICL error
+    codes of that answer are kept as `error_codes`. The study's difficulty strategy needs this preliminary teacher
+    inference; the rule distillation already makes it, so it costs no extra teacher call."""
+    missing = [c for c in ("session_id", "first_precision", "first_error_codes") if c not in session_rules.columns]
+    if missing:
+        raise ValueError(f"teacher_difficulty: session rules lack {missing}; distil them with the current rules.py")
+    return session_rules.select(
+        "session_id", pl.col("first_precision").alias("score"), pl.col("first_error_codes").alias("error_codes")
+    ).sort("session_id")
+
+
+def pattern_difficulty(sessions: pl.DataFrame, cfg: PatternConfig, folds: int = 5, seed: int = 0) -> pl.DataFrame:
+    """The non-LLM proxy: per training session, the pattern baseline's strict precision on it while it is held out.
+
+    Training sessions are split into `folds` seeded folds; each fold is scored with patterns mined from, and item
+    categories inferred (from titles) against, the other folds only, so no session is scored by patterns mined from
+    its own ground truth. Columns: DIFFICULTY_COLUMNS, lower = harder."""
+    train = split_of(sessions, "train")
+    if train.height < 2:
+        raise ValueError(f"pattern_difficulty: needs 2+ training sessions to hold any out; got {train.height}")
+    fold = np.random.default_rng(seed).permutation(train.height) % min(folds, train.height)
+    frames = []
+    for held_out in np.unique(fold):
+        target, rest = train.filter(pl.Series(fold == held_out)), train.filter(pl.Series(fold != held_out))
+        patterns = mine_patterns(rest, cfg)
+        predictions = predict_baseline(infer_categories(target, rest), patterns, BaselineConfig(method="pattern"))
+        frames.append(session_scores(predictions, target).select("session_id", pl.col("precision").alias("score")))
+    return pl.concat(frames).sort("session_id")
 
 
 def combine_domains(target: pl.DataFrame, others: list[pl.DataFrame]) -> pl.DataFrame:

@@ -4,19 +4,23 @@
 in their original row order with the input's columns. The four strategies:
 
     random      a seeded permutation; the sample is its first k rows.
-    length      stratified by session length (number of items): each length gets its proportional share, the
-                shares rounded by largest remainder so they add up to k; within a length, a seeded permutation.
+    length      by session length (number of items). "longest" (default): the k longest sessions, ties broken
+                by a seeded permutation; the longer a session, the more bundles and product relations it shows.
+                "shortest": the k shortest. "stratified": each length gets its proportional share (largest
+                remainder), a seeded permutation within; it keeps the training length mix, so it is random sampling
+                in expectation and only kept for comparison.
     diversity   cover the embedding space. "kmeans" (default): k-means with k = sample size, then the session
                 nearest each centroid (each session used once); it lowers the mean distance from a session to
                 its nearest sampled one. "farthest": farthest-point sampling from a seeded first session; it
                 lowers the largest such distance but favours outliers. Distances are Euclidean; L2-normalise the
                 embeddings for cosine.
-    difficulty  hardest first: lowest `score` (for example a reference model's per-session precision), ties
-                broken by a seeded permutation.
+    difficulty  hardest first: lowest `score`, ties broken by a seeded permutation. The pipeline's score is the
+                strict precision of the teacher's first answer on the session (kd_bundle.pools.teacher_difficulty),
+                or the held-out pattern baseline's precision (kd_bundle.pools.pattern_difficulty).
 
-Nested samples (same seed, smaller ratio => subset of the larger ratio's sample): random, difficulty and
-diversity/farthest are nested by construction (each takes a prefix of one fixed order). length is nested within
-each length, but largest-remainder rounding can move one slot between lengths as k grows (the Alabama paradox), so
+Nested samples (same seed, smaller ratio => subset of the larger ratio's sample): random, difficulty, length/longest,
+length/shortest and diversity/farthest are nested by construction (each takes a prefix of one fixed order).
+length/stratified is nested within each length, but largest-remainder rounding can move one slot between lengths as k grows (the Alabama paradox), so
 it is not guaranteed. diversity/kmeans is not nested: k-means with a different k finds different centroids.
 """
 
@@ -44,10 +48,13 @@ class SamplingConfig(BaseModel, frozen=True):
     """How much of the training knowledge a cell sees, and which part (RQ2)."""
 
     strategy: Literal["random", "length", "diversity", "difficulty"] = Field(
-        "random", description="Which sessions to keep: random, stratified by length, embedding coverage, hardest first."
+        "random", description="Which sessions to keep: random, by length, embedding coverage, hardest first."
     )
     ratio: float = Field(1.0, gt=0, le=1, description="Share of training sessions kept; the study sweeps 0.1..1.0.")
     seed: int = Field(0, description="Seed of every random choice; the same seed gives the same sample.")
+    length_order: Literal["longest", "shortest", "stratified"] = Field(
+        "longest", description="length strategy: longest sessions first, shortest first, or length-stratified."
+    )
     diversity_method: Literal["kmeans", "farthest"] = Field(
         "kmeans", description="kmeans: session nearest each k-means centroid; farthest: farthest-point, nested samples."
     )
@@ -76,7 +83,7 @@ def sample_sessions(
     if cfg.strategy == "random":
         rows = _random_rows(train.height, size, cfg.seed)
     elif cfg.strategy == "length":
-        rows = _length_rows(train["item_ids"].list.len().to_numpy(), size, cfg.seed)
+        rows = _length_rows(train["item_ids"].list.len().to_numpy(), size, cfg)
     elif cfg.strategy == "diversity":
         rows = _diversity_rows(_checked_embeddings(embeddings, train.height), size, cfg)
     else:
@@ -161,7 +168,16 @@ def _random_rows(n: int, size: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).permutation(n)[:size]
 
 
-def _length_rows(lengths: np.ndarray, size: int, seed: int) -> np.ndarray:
+def _length_rows(lengths: np.ndarray, size: int, cfg: SamplingConfig) -> np.ndarray:
+    tie_break = np.random.default_rng(cfg.seed).permutation(len(lengths))
+    if cfg.length_order == "longest":
+        return np.lexsort((tie_break, -lengths))[:size]
+    if cfg.length_order == "shortest":
+        return np.lexsort((tie_break, lengths))[:size]
+    return _stratified_length_rows(lengths, size, cfg.seed)
+
+
+def _stratified_length_rows(lengths: np.ndarray, size: int, seed: int) -> np.ndarray:
     """Proportional allocation per length (largest remainder, exact integer arithmetic), seeded picks within."""
     strata, counts = np.unique(lengths, return_counts=True)
     shares = size * counts  # quota = shares / n

@@ -1,8 +1,10 @@
-"""Knowledge-quantity stages: sampled pools, multi-domain pools, difficulty scores. Cheap, so no teacher calls."""
+"""Knowledge-quantity stages: sampled pools, multi-domain pools, difficulty scores. Cheap, so no teacher calls: the
+teacher's difficulty is read from the rule distillation's record of its first answers."""
 
 from __future__ import annotations
 
 from kd_bundle import pools
+from kd_bundle.config import PatternConfig
 from kd_bundle.sampling import SamplingConfig
 from kd_bundle.store import ArtifactRef, read_artifact, write_artifact
 from tasks.common import stage_task
@@ -20,10 +22,14 @@ def select_knowledge(knowledge: ArtifactRef, sampled_sessions: ArtifactRef) -> A
     return write_artifact(pools.select_knowledge(read_artifact(knowledge), read_artifact(sampled_sessions)), knowledge.kind)
 
 
-@stage_task("pools", "metrics", task_run_name="difficulty-scores")
-def difficulty_scores(train_predictions: ArtifactRef, all_sessions: ArtifactRef) -> ArtifactRef:
-    return write_artifact(pools.difficulty_scores(read_artifact(train_predictions), read_artifact(all_sessions)),
-                          "difficulty")
+@stage_task("pools", task_run_name="teacher-difficulty")
+def teacher_difficulty(session_rules: ArtifactRef) -> ArtifactRef:
+    return write_artifact(pools.teacher_difficulty(read_artifact(session_rules)), "difficulty")
+
+
+@stage_task("pools", "metrics", "patterns", "baselines", task_run_name="pattern-difficulty")
+def pattern_difficulty(all_sessions: ArtifactRef, cfg: PatternConfig, seed: int = 0) -> ArtifactRef:
+    return write_artifact(pools.pattern_difficulty(read_artifact(all_sessions), cfg, seed=seed), "difficulty")
 
 
 @stage_task("pools", task_run_name="combine-domains-{target.kind}")

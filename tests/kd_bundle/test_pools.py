@@ -48,3 +48,33 @@ def test_pool_training_concatenates_domain_level_knowledge(domains):
 def test_pool_training_needs_a_domain():
     with pytest.raises(ValueError, match="no domain to pool"):
         pool_training([])
+
+
+def test_pattern_difficulty_scores_every_training_session_with_it_held_out(domains):
+    from kd_bundle.baselines import predict_baseline
+    from kd_bundle.config import BaselineConfig
+    from kd_bundle.metrics import session_scores
+    from kd_bundle.pools import pattern_difficulty
+
+    sessions = domains["clothing"]
+    train = split_of(sessions, "train")
+    held_out = pattern_difficulty(sessions, PatternConfig(), folds=5, seed=0)
+    assert held_out["session_id"].to_list() == sorted(train["session_id"].to_list())
+    assert held_out["score"].is_between(0.0, 1.0).all()
+    # scoring a session with patterns mined from its own bundles (the old proxy) flatters the pattern baseline
+    own = predict_baseline(train, mine_patterns(train, PatternConfig()), BaselineConfig(method="pattern"))
+    in_sample = session_scores(own, train)["precision"].mean()
+    assert held_out["score"].mean() < in_sample
+    assert pattern_difficulty(sessions, PatternConfig(), folds=5, seed=0).equals(held_out)
+
+
+def test_teacher_difficulty_is_the_first_answers_precision():
+    from kd_bundle.pools import teacher_difficulty
+
+    rules = pl.DataFrame({"session_id": [3, 1], "first_precision": [0.5, 0.0], "first_error_codes": [[0, 2], [5]]})
+    assert teacher_difficulty(rules).to_dicts() == [
+        {"session_id": 1, "score": 0.0, "error_codes": [5]},
+        {"session_id": 3, "score": 0.5, "error_codes": [0, 2]},
+    ]
+    with pytest.raises(ValueError, match="first_precision"):
+        teacher_difficulty(rules.drop("first_precision"))

@@ -91,10 +91,22 @@ def test_another_seed_gives_another_sample(strategy, food_train, food_embeddings
     assert ids[0] != ids[1]
 
 
-def test_length_keeps_length_proportions(food_train):
+@pytest.mark.parametrize("order", ["longest", "shortest"])
+def test_length_takes_the_longest_or_the_shortest_sessions(order, food_train):
+    sample = sample_sessions(food_train, SamplingConfig(strategy="length", ratio=0.2, length_order=order))
+    chosen = food_train["session_id"].is_in(sample["session_id"].implode())
+    kept, left = food_train.filter(chosen)["item_ids"].list.len(), food_train.filter(~chosen)["item_ids"].list.len()
+    if order == "longest":
+        assert kept.min() >= left.max() and kept.mean() > food_train["item_ids"].list.len().mean()
+    else:
+        assert kept.max() <= left.min() and kept.mean() < food_train["item_ids"].list.len().mean()
+
+
+def test_stratified_length_keeps_length_proportions(food_train):
     lengths = Counter(food_train["item_ids"].list.len().to_list())
     for ratio in (0.1, 0.25, 0.5):
-        sample = sample_sessions(food_train, SamplingConfig(strategy="length", ratio=ratio, seed=3))
+        cfg = SamplingConfig(strategy="length", ratio=ratio, seed=3, length_order="stratified")
+        sample = sample_sessions(food_train, cfg)
         got = Counter(sample["item_ids"].list.len().to_list())
         for length, count in lengths.items():
             quota = sample.height * count / food_train.height
@@ -132,7 +144,8 @@ def test_difficulty_takes_the_hardest_sessions(food_train, food_difficulty):
 
 
 @pytest.mark.parametrize(
-    ("strategy", "method"), [("random", "kmeans"), ("difficulty", "kmeans"), ("diversity", "farthest")]
+    ("strategy", "method"),
+    [("random", "kmeans"), ("difficulty", "kmeans"), ("diversity", "farthest"), ("length", "kmeans")],
 )
 def test_nested_samples(strategy, method, food_train, food_embeddings, food_difficulty):
     inputs = _inputs(strategy, food_embeddings, food_difficulty)
