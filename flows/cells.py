@@ -7,7 +7,7 @@ content cache makes a second run, or another flow needing the same artifact, reu
 from __future__ import annotations
 
 import sys
-from typing import Callable
+from typing import Callable, Literal
 
 from prefect.context import FlowRunContext
 from pydantic import BaseModel, Field
@@ -26,7 +26,14 @@ from kd_bundle.teacher_baseline import TeacherPredictConfig
 from kd_bundle.thoughts import ThoughtConfig
 from tasks.baselines import predict_baseline
 from tasks.common import resolved, submitted_stages
-from tasks.knowledge import combine_domains, difficulty_scores, pool_training, sample_training, select_knowledge
+from tasks.knowledge import (
+    combine_domains,
+    pattern_difficulty,
+    pool_training,
+    sample_training,
+    select_knowledge,
+    teacher_difficulty,
+)
 from tasks.patterns import mine_patterns
 from tasks.reports import publish_report
 from tasks.scoring import collect_results, publish_results, score_predictions
@@ -53,6 +60,18 @@ class PipelineConfig(BaseModel, frozen=True):
     student: StudentConfig = StudentConfig()
     sft: SFTConfig = SFTConfig()
     sampling_seed: int = Field(0, description="Seed of every sampling strategy.")
+    difficulty: Literal["teacher", "patterns"] = Field(
+        "teacher", description="Difficulty sampling's score: the teacher's first-answer precision in the rule loop "
+        "(the study), or the pattern baseline's precision on held-out folds (no teacher needed)."
+    )
+    length_order: Literal["longest", "shortest", "stratified"] = Field(
+        "longest", description="Length sampling: longest sessions first, shortest first, or length-stratified."
+    )
+    sft_icl_prompts: Literal["match", "sft"] = Field(
+        "match", description="SFT+ICL adapters: 'match' trains on prompts carrying the test prompt's formats with "
+        "the ICL demonstration and line counts (one adapter per prompt format); 'sft' trains on SFTConfig.knowledge "
+        "alone, shared with the SFT cell (the earlier behaviour, for comparison)."
+    )
 
 
 def full_pool(strategy: str, ratio: float) -> tuple[str, float]:
@@ -76,11 +95,13 @@ class Plan:
                           max_test_sessions=self.cfg.max_test_sessions)
         return self._once(("sessions", domain), lambda: load_sessions(data, settings().data_root))
 
-    def pooled_sessions(self, domain: str | None, sources: tuple[str, ...]) -> ArtifactRef:
-        """The target's sessions plus the other source domains' training sessions (ids made disjoint).
-        domain None: the sources' training sessions only, the same for every target (multi-domain SFT)."""
+    def pooled_sessions(self, domain: str | None, sources: tuple[str, ...], strategy: str = "all",
+                        ratio: float = 1.0) -> ArtifactRef:
+        """The target's sessions plus the other source domains' training sessions (ids made disjoint): what retrieval
+        queries and indexes. domain None: the sources' (sampled) training sessions only, the same for every target
+        (multi-domain SFT trains on it)."""
         if domain is None:
-            return self.pool(None, sources, "raw", "all", 1.0)
+            return self.pool(None, sources, "raw", strategy, ratio)
         others = [self.sessions(d) for d in sources if d != domain]
         if not others:
             return self.sessions(domain)
@@ -95,19 +116,20 @@ class Plan:
         strategy, ratio = full_pool(strategy, ratio)
         if strategy == "all":
             return self.sessions(domain)
-        sampling = SamplingConfig(strategy=strategy, ratio=ratio, seed=self.cfg.sampling_seed)
+        sampling = SamplingConfig(strategy=strategy, ratio=ratio, seed=self.cfg.sampling_seed,
+                                  length_order=self.cfg.length_order)
         vectors = self.embeddings(domain, (domain,))[0] if strategy == "diversity" else None
         hardness = self.difficulty(domain) if strategy == "difficulty" else None
         return self._once(("sampled", domain, strategy, ratio),
                           lambda: sample_training(self.sessions(domain), sampling, vectors, hardness))
 
     def difficulty(self, domain: str) -> ArtifactRef:
-        """How hard each training session is for the pattern baseline (its precision there)."""
-        def make() -> ArtifactRef:
-            reference = predict_baseline(self.sessions(domain), self.knowledge(domain, "patterns"),
-                                         BaselineConfig(method="pattern"), split="train")
-            return difficulty_scores(reference, self.sessions(domain))
-        return self._once(("difficulty", domain), make)
+        """How hard each training session is: for the teacher (its first answer in the rule loop, no extra call),
+        or for the pattern baseline with the session held out of mining."""
+        if self.cfg.difficulty == "patterns":
+            return self._once(("difficulty", domain, "patterns"), lambda: pattern_difficulty(
+                self.sessions(domain), self.cfg.patterns, self.cfg.sampling_seed))
+        return self._once(("difficulty", domain, "teacher"), lambda: teacher_difficulty(self.knowledge(domain, "rules")))
 
     def knowledge(self, domain: str, fmt: str, strategy: str = "all", ratio: float = 1.0) -> ArtifactRef:
         """One domain's knowledge of one format, from its (sampled) training sessions."""
@@ -130,14 +152,17 @@ class Plan:
         raise ValueError(f"unknown knowledge format {fmt!r}; expected one of {grid.KNOWLEDGE_FORMATS}")
 
     def pool(self, domain: str | None, sources: tuple[str, ...], fmt: str, strategy: str, ratio: float) -> ArtifactRef:
-        """Knowledge of one format for a target (ids as in pooled_sessions); domain None: for multi-domain SFT."""
+        """Knowledge of one format for a target (ids as in pooled_sessions), every source domain sampled alike;
+        domain None: for multi-domain SFT."""
+        strategy, ratio = full_pool(strategy, ratio)
         if domain is None:
-            return self._once(("training", sources, fmt), lambda: pool_training([self.knowledge(d, fmt) for d in sources]))
-        others = [self.knowledge(d, fmt) for d in sources if d != domain]
+            parts = [self.knowledge(d, fmt, strategy, ratio) for d in sources]
+            return self._once(("training", sources, fmt, strategy, ratio), lambda: pool_training(parts))
+        others = [self.knowledge(d, fmt, strategy, ratio) for d in sources if d != domain]
         if not others:
             return self.knowledge(domain, fmt, strategy, ratio)
-        return self._once(("pool", domain, sources, fmt),
-                          lambda: combine_domains(self.knowledge(domain, fmt), others))
+        return self._once(("pool", domain, sources, fmt, strategy, ratio),
+                          lambda: combine_domains(self.knowledge(domain, fmt, strategy, ratio), others))
 
     def retrieved(self, domain: str | None, sources: tuple[str, ...], formats: tuple[str, ...], strategy: str,
                   ratio: float) -> ArtifactRef:
@@ -150,27 +175,36 @@ class Plan:
         return self._once(("retrieved", domain, sources, formats, strategy, ratio), make)
 
     def adapter(self, domain: str, sources: tuple[str, ...], formats: tuple[str, ...], strategy: str,
-                ratio: float) -> ArtifactRef:
+                ratio: float, prompt_formats: tuple[str, ...] = ()) -> ArtifactRef:
         """Patterns and rules go into the training input, thoughts become the reasoning before the answer;
-        "raw" alone is plain session -> bundles fine-tuning on the (sampled) training sessions."""
+        "raw" alone is plain session -> bundles fine-tuning on the (sampled) training sessions. `prompt_formats`
+        (SFT+ICL cells): with sft_icl_prompts="match", the training prompts also carry those formats, with the
+        demonstration and line counts of the test prompts, so that training and test prompts have one shape."""
         strategy, ratio = full_pool(strategy, ratio)
         inputs = tuple(f for f in formats if f in ("patterns", "rules"))
+        knowledge = self.cfg.sft.knowledge
+        if prompt_formats and self.cfg.sft_icl_prompts == "match":
+            inputs = tuple(dict.fromkeys(inputs + prompt_formats))
+            knowledge = knowledge.model_copy(update={"demonstrations": self.cfg.icl.demonstrations,
+                                                     "max_lines": self.cfg.icl.max_lines})
+        else:
+            prompt_formats = ()
         reasoning = "thoughts" in formats
         sft = self.cfg.sft.model_copy(update={
-            "knowledge": self.cfg.sft.knowledge.model_copy(update={"formats": inputs}), "reasoning": reasoning})
+            "knowledge": knowledge.model_copy(update={"formats": inputs}), "reasoning": reasoning})
 
         # Several sources: train on their training sessions alone, so that every target shares one adapter.
         target = domain if len(sources) == 1 else None
 
         def make() -> ArtifactRef:
             if target is None:
-                training = self.pooled_sessions(None, sources)
+                training = self.pooled_sessions(None, sources, strategy, ratio)
             else:
                 training = self.sampled_sessions(domain, strategy, ratio)
             retrieved = self.retrieved(target, sources, inputs, strategy, ratio) if inputs else None
             thoughts = self.pool(target, sources, "thoughts", strategy, ratio) if reasoning else None
             return train_adapter(training, retrieved, thoughts, self.cfg.student, sft)
-        return self._once(("adapter", target, sources, formats, strategy, ratio), make)
+        return self._once(("adapter", target, sources, formats, prompt_formats, strategy, ratio), make)
 
     def predictions(self, cell: grid.Cell) -> ArtifactRef:
         """Cells of different RQs with one configuration (RQ2 at ratio 1.0 is RQ1's cell) share their predictions."""
@@ -180,7 +214,7 @@ class Plan:
             retrieved = (self.retrieved(cell.domain, sources, prompt_formats, cell.strategy, cell.ratio)
                          if prompt_formats else None)
             adapter = (self.adapter(cell.domain, sources, grid.formats_of(cell.train_format), cell.strategy,
-                                    cell.ratio) if cell.train_format else None)
+                                    cell.ratio, prompt_formats) if cell.train_format else None)
             icl = self.cfg.icl.model_copy(update={"formats": prompt_formats})
             return student_predict(self.sessions(cell.domain), retrieved, adapter, self.cfg.student, icl)
         key = ("predictions", cell.domain, sources, cell.train_format, cell.prompt_format,

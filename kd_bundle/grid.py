@@ -5,9 +5,10 @@ work: `cells_by_knowledge` maps each knowledge artifact (domain, format, strateg
 it, and `cells_by_adapter` maps each fine-tuning set to the SFT cells that use it, so a flow computes each once.
 
     RQ1  knowledge format (raw, patterns, rules, thoughts) x utilization (icl, sft), full pools.
-    RQ2  quantity: formats x utilizations x sampling strategies x ratios, plus per format and utilization one
-         multi-domain cell (one format's pools from several domains) and one multi-format cell (several formats
-         of the target domain aggregated), both on full pools.
+    RQ2  quantity: formats (all four by default) x utilizations x sampling strategies x ratios, plus per format
+         and utilization multi-domain cells (one format's pools from several domains) and per utilization
+         multi-format cells (several formats of the target domain aggregated), on full pools by default and at
+         any `pooled_ratios` (each domain's and format's pool sampled alike with `pooled_strategy`).
     RQ3  utilization: icl (prompt knowledge), sft (training knowledge), sft+icl (both, chosen independently).
 
 Labels in the results table (Cell.result_fields): `knowledge_format` is the format, "+"-joined for aggregation
@@ -56,7 +57,7 @@ class RQ2Grid(_GridPart, frozen=True):
     """RQ2: does more (or better chosen) distilled knowledge help?"""
 
     formats: tuple[KnowledgeFormat, ...] = Field(
-        ("rules",), description="Formats whose quantity is varied; each adds strategies x ratios x utilizations cells."
+        KNOWLEDGE_FORMATS, description="Formats whose quantity is varied; each adds strategies x ratios x utilizations cells."
     )
     utilizations: tuple[Literal["icl", "sft"], ...] = Field(
         ("icl", "sft"), description="The paper reports SFT peaking at some ratio, so both are swept."
@@ -70,8 +71,12 @@ class RQ2Grid(_GridPart, frozen=True):
         ("patterns", "rules", "thoughts"),
         description="Formats joined by the multi-format cells; fewer than 2 means no multi-format cells.",
     )
+    pooled_ratios: tuple[float, ...] = Field(
+        (1.0,), description="Ratios of the multi-domain and multi-format cells; e.g. the `ratios` for a full sweep."
+    )
+    pooled_strategy: SamplingStrategy = Field("random", description="How pooled cells below ratio 1.0 sample each pool.")
 
-    @field_validator("ratios")
+    @field_validator("ratios", "pooled_ratios")
     @classmethod
     def _ratios_valid(cls, ratios: tuple[float, ...]) -> tuple[float, ...]:
         if not ratios or any(not 0 < r <= 1 for r in ratios) or len(set(ratios)) != len(ratios):
@@ -252,12 +257,15 @@ def _rq2_cells(domain: Domain, cfg: GridConfig) -> list[Cell]:
         for s in grid.strategies
         for r in grid.ratios
     ]
+    pooled = [{"strategy": "all", "ratio": 1.0} if r == 1.0 else {"strategy": grid.pooled_strategy, "ratio": r}
+              for r in grid.pooled_ratios]
     if len(set(grid.accumulate_domains)) > 1:
         sources = tuple(dict.fromkeys(grid.accumulate_domains))
-        cells += [_single(domain, "rq2", u, f, source_domains=sources) for f in grid.formats for u in grid.utilizations]
+        cells += [_single(domain, "rq2", u, f, source_domains=sources, **p)
+                  for p in pooled for f in grid.formats for u in grid.utilizations]
     if len(set(grid.aggregate_formats)) > 1:
         joined = "+".join(sorted(set(grid.aggregate_formats), key=KNOWLEDGE_FORMATS.index))
-        cells += [_single(domain, "rq2", u, joined) for u in grid.utilizations]
+        cells += [_single(domain, "rq2", u, joined, **p) for p in pooled for u in grid.utilizations]
     return cells
 
 

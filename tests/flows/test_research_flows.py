@@ -22,7 +22,8 @@ GRID = GridConfig(
     domains=("food",),
     rq1=RQ1Grid(formats=("raw", "patterns", "rules", "thoughts"), utilizations=("icl", "sft")),
     rq2=RQ2Grid(formats=("rules",), utilizations=("icl", "sft"), strategies=("random", "length", "diversity", "difficulty"),
-                ratios=(0.5, 1.0), accumulate_domains=("food", "clothing"), aggregate_formats=("patterns", "rules")),
+                ratios=(0.5, 1.0), accumulate_domains=("food", "clothing"), aggregate_formats=("patterns", "rules"),
+                pooled_ratios=(0.5, 1.0)),
     rq3=RQ3Grid(utilizations=("icl", "sft", "sft+icl"), train_formats=("rules",), prompt_formats=("raw", "thoughts")),
 )
 
@@ -45,8 +46,10 @@ def test_full_grid_computes_each_artifact_once_then_nothing(pipeline):
     assert cached <= {"student-predict"}, cached
     runs = Counter({name: len(states) for name, states in first.items()})
     assert runs["distill-rules-food"] == runs["distill-rules-clothing"] == runs["distill-thoughts-food"] == 1
-    assert runs["train-adapter"] == len({(c.domain, c.source_domains, c.train_format, *full_pool(c.strategy, c.ratio))
-                                         for c in cells if c.train_format}), runs
+    # SFT+ICL adapters train on prompts shaped like their test prompts: one per (train, prompt) format pair
+    assert runs["train-adapter"] == len({(c.domain if len(c.source_domains) == 1 else None, c.source_domains,
+                                          c.train_format, c.prompt_format if c.utilization == "sft+icl" else None,
+                                          *full_pool(c.strategy, c.ratio)) for c in cells if c.train_format}), runs
     assert not [name for name in runs if name.startswith("sample-training") and name.endswith("-1.0")]
     configurations = {(c.domain, c.source_domains, c.train_format, c.prompt_format, *full_pool(c.strategy, c.ratio))
                       for c in cells}

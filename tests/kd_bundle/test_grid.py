@@ -35,10 +35,11 @@ def test_default_grid_counts():
     per_domain = Counter((c.domain, c.rq) for c in cells)
     for domain in DOMAINS:
         assert per_domain[(domain, "rq1")] == 4 * 2  # formats x {icl, sft}
-        # rules x {icl, sft} x 4 strategies x 10 ratios, + multi-domain and multi-format per utilization
-        assert per_domain[(domain, "rq2")] == 2 * 4 * 10 + 2 + 2
+        # every format x {icl, sft} x 4 strategies x 10 ratios, + multi-domain per format and utilization,
+        # + multi-format per utilization
+        assert per_domain[(domain, "rq2")] == 4 * 2 * 4 * 10 + 4 * 2 + 2
         assert per_domain[(domain, "rq3")] == 4 + 4 + 4 * 4  # icl, sft, sft+icl with independent formats
-    assert len(cells) == 3 * (8 + 84 + 24)
+    assert len(cells) == 3 * (8 + 330 + 24)
 
 
 def test_cells_are_unique_and_names_too():
@@ -52,7 +53,7 @@ def test_short_ratio_list_and_one_domain():
     cells = expand(cfg)
     sampled = [c for c in cells if c.result_fields()["strategy"] == "random"]
     assert sorted({c.ratio for c in sampled}) == [0.1, 0.5]
-    assert len(sampled) == 2 * 2  # ratios x utilizations
+    assert len(sampled) == 4 * 2 * 2  # formats x ratios x utilizations
     assert {c.domain for c in cells} == {"food"}
 
 
@@ -72,6 +73,19 @@ def test_multi_domain_and_multi_format_cells():
     assert {c.result_fields()["strategy"] for c in expand(lean)} == {"random", "length", "diversity", "difficulty"}
 
 
+def test_pooled_cells_at_every_ratio_sample_each_pool_alike():
+    cfg = GridConfig(domains=("food",), rqs=("rq2",), rq2=RQ2Grid(
+        formats=("raw",), strategies=("random",), ratios=(0.5, 1.0), pooled_ratios=(0.5, 1.0), pooled_strategy="length"))
+    cells = expand(cfg)
+    multi_domain = [c for c in cells if c.result_fields()["strategy"] == MULTI_DOMAIN]
+    multi_format = [c for c in cells if c.result_fields()["strategy"] == MULTI_FORMAT]
+    assert sorted((c.ratio, c.strategy) for c in multi_domain) == [(0.5, "length")] * 2 + [(1.0, "all")] * 2
+    assert sorted((c.ratio, c.strategy) for c in multi_format) == [(0.5, "length")] * 2 + [(1.0, "all")] * 2
+    half = next(c for c in multi_domain if c.ratio == 0.5)
+    assert {(k.domain, k.strategy, k.ratio) for k in knowledge_keys(half)} == {(d, "length", 0.5) for d in DOMAINS}
+    assert len({c.name for c in cells}) == len(cells)
+
+
 def test_rq3_chooses_stage_formats_independently():
     cells = expand(GridConfig(domains=("clothing",), rqs=("rq3",)))
     both = [c for c in cells if c.utilization == "sft+icl"]
@@ -88,8 +102,8 @@ def test_rq3_chooses_stage_formats_independently():
 def test_cells_by_knowledge_computes_each_artifact_once():
     cells = expand(GridConfig())
     groups = cells_by_knowledge(cells)
-    # per domain: 4 formats on the full pool + rules x 4 strategies x 9 ratios below 1.0
-    assert len(groups) == 3 * (4 + 4 * 9)
+    # per domain: 4 formats on the full pool + 4 formats x 4 strategies x 9 ratios below 1.0
+    assert len(groups) == 3 * (4 + 4 * 4 * 9)
     assert all(isinstance(k, KnowledgeKey) and v for k, v in groups.items())
     full_rules = groups[KnowledgeKey(domain="food", knowledge_format="rules", strategy="all", ratio=1.0)]
     # every cell that reads food's full rules pool, from all three RQs and from other target domains
@@ -105,11 +119,12 @@ def test_cells_by_knowledge_computes_each_artifact_once():
 def test_cells_by_adapter_shares_adapters():
     cells = expand(GridConfig())
     groups = cells_by_adapter(cells)
-    # per domain: 4 full-pool formats + rules x 4 strategies x 9 ratios + 1 multi-format; plus one multi-domain
-    assert len(groups) == 3 * (4 + 36 + 1) + 1
+    # per domain: 4 full-pool formats + 4 formats x 4 strategies x 9 ratios + 1 multi-format; plus one
+    # multi-domain adapter per format, shared by the three targets
+    assert len(groups) == 3 * (4 + 4 * 36 + 1) + 4
     assert all(c.train_format is not None for group in groups.values() for c in group)
     multi_domain = [g for keys, g in groups.items() if len({k.domain for k in keys}) == 3]
-    assert len(multi_domain) == 1 and {c.domain for c in multi_domain[0]} == set(DOMAINS)
+    assert len(multi_domain) == 4 and all({c.domain for c in g} == set(DOMAINS) for g in multi_domain)
 
 
 def test_result_fields_fill_a_results_row():

@@ -41,7 +41,7 @@ def results() -> pl.DataFrame:
 
 def synthetic_results() -> pl.DataFrame:
     """Every cell of a two-domain grid (ratios 0.1, 0.5, 1.0) as a student row, plus a baseline and the teacher."""
-    cells = expand(GridConfig(domains=DOMAINS, rq2=RQ2Grid(ratios=RATIOS)))
+    cells = expand(GridConfig(domains=DOMAINS, rq2=RQ2Grid(ratios=RATIOS, formats=("rules",))))
     rows = []
     for cell in cells:
         fields = cell.result_fields()
