@@ -75,8 +75,8 @@ def test_each_format_draws_only_on_sessions_that_have_it(sessions, indexed):
 def test_domain_lines_and_patterns_reach_every_query(sessions, indexed):
     consolidated = pl.DataFrame({"knowledge": ["rule one", "rule two", "rule three"]})
     patterns = pl.DataFrame(
-        [{"kind": "itemset", "categories": ["Phones", "Accessories"], "antecedent": None, "consequent": None,
-          "support": 0.5, "confidence": 0.5, "lift": 2.0, "count": 3}],
+        [{"kind": "itemset", "categories": c, "antecedent": None, "consequent": None, "support": 0.5,
+          "confidence": 0.5, "lift": 2.0, "count": 3} for c in (["Phones", "Accessories"], ["Shoes", "Hats"])],
         schema=PATTERN_SCHEMA,
     )
     cfg = TFIDF.model_copy(update={"max_lines": 2})
@@ -86,7 +86,14 @@ def test_domain_lines_and_patterns_reach_every_query(sessions, indexed):
     assert rules["neighbour_ids"].list.len().sum() == 0
     lines = dict(retrieved.filter(pl.col("format") == "patterns").select("session_id", "knowledge").iter_rows())
     assert len(lines[7]) == 1 and "Phones" in lines[7][0]  # phone session: the pattern touches its categories
-    assert lines[8] == []  # kitchen session: no pattern applies
+    assert not any("Shoes" in line for session_lines in lines.values() for line in session_lines)  # none has shoes
+
+    # the query's categories are inferred from its titles: the given ones of a test session play no part
+    blanked = sessions.with_columns(
+        categories=pl.when(pl.col("split") == "test")
+        .then(pl.col("categories").list.eval(pl.lit(None, dtype=pl.String))).otherwise("categories"))
+    again = retrieve_knowledge(blanked, *indexed, {"patterns": patterns}, cfg)
+    assert dict(again.select("session_id", "knowledge").iter_rows()) == lines
 
 
 def test_thoughts_become_worked_examples(sessions):
