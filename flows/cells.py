@@ -181,17 +181,9 @@ class Plan:
         (SFT+ICL cells): with sft_icl_prompts="match", the training prompts also carry those formats, with the
         demonstration and line counts of the test prompts, so that training and test prompts have one shape."""
         strategy, ratio = full_pool(strategy, ratio)
-        inputs = tuple(f for f in formats if f in ("patterns", "rules"))
-        knowledge = self.cfg.sft.knowledge
-        if prompt_formats and self.cfg.sft_icl_prompts == "match":
-            inputs = tuple(dict.fromkeys(inputs + prompt_formats))
-            knowledge = knowledge.model_copy(update={"demonstrations": self.cfg.icl.demonstrations,
-                                                     "max_lines": self.cfg.icl.max_lines})
-        else:
-            prompt_formats = ()
-        reasoning = "thoughts" in formats
-        sft = self.cfg.sft.model_copy(update={
-            "knowledge": knowledge.model_copy(update={"formats": inputs}), "reasoning": reasoning})
+        sft = self.sft_config(formats, prompt_formats)
+        inputs = sft.knowledge.formats
+        prompt_formats = prompt_formats if self.cfg.sft_icl_prompts == "match" else ()
 
         # Several sources: train on their training sessions alone, so that every target shares one adapter.
         target = domain if len(sources) == 1 else None
@@ -202,9 +194,20 @@ class Plan:
             else:
                 training = self.sampled_sessions(domain, strategy, ratio)
             retrieved = self.retrieved(target, sources, inputs, strategy, ratio) if inputs else None
-            thoughts = self.pool(target, sources, "thoughts", strategy, ratio) if reasoning else None
+            thoughts = self.pool(target, sources, "thoughts", strategy, ratio) if sft.reasoning else None
             return train_adapter(training, retrieved, thoughts, self.cfg.student, sft)
         return self._once(("adapter", target, sources, formats, prompt_formats, strategy, ratio), make)
+
+    def sft_config(self, formats: tuple[str, ...], prompt_formats: tuple[str, ...] = ()) -> SFTConfig:
+        """The adapter's SFTConfig: which knowledge its training prompts carry, how much, and whether it reasons."""
+        inputs = tuple(f for f in formats if f in ("patterns", "rules"))
+        knowledge = self.cfg.sft.knowledge
+        if prompt_formats and self.cfg.sft_icl_prompts == "match":
+            inputs = tuple(dict.fromkeys(inputs + prompt_formats))
+            knowledge = knowledge.model_copy(update={"demonstrations": self.cfg.icl.demonstrations,
+                                                     "max_lines": self.cfg.icl.max_lines})
+        return self.cfg.sft.model_copy(update={
+            "knowledge": knowledge.model_copy(update={"formats": inputs}), "reasoning": "thoughts" in formats})
 
     def predictions(self, cell: grid.Cell) -> ArtifactRef:
         """Cells of different RQs with one configuration (RQ2 at ratio 1.0 is RQ1's cell) share their predictions."""

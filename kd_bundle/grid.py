@@ -195,7 +195,8 @@ def cells_by_knowledge(cells: list[Cell]) -> dict[KnowledgeKey, list[Cell]]:
 
 
 def cells_by_adapter(cells: list[Cell]) -> dict[tuple[KnowledgeKey, ...], list[Cell]]:
-    """Fine-tuning set -> the SFT cells that share its adapter (multi-domain cells share one across targets)."""
+    """Fine-tuning knowledge -> the cells trained on it (multi-domain cells share it across targets). With the
+    pipeline's default sft_icl_prompts="match", an SFT+ICL cell's adapter also depends on its prompt format."""
     groups: dict[tuple[KnowledgeKey, ...], list[Cell]] = {}
     for cell in cells:
         if cell.train_format is not None:

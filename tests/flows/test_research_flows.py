@@ -90,3 +90,21 @@ def test_multi_domain_adapter_is_shared_by_every_target(pipeline):
     assert len(states["train-adapter"]) == len(grid.cells_by_adapter(cells)) == 3, states
     multi = read_artifact(table).filter(pl.col("strategy") == "multi-domain")
     assert sorted(multi["domain"]) == ["clothing", "food"]
+
+
+def test_sft_icl_training_prompts_match_the_test_prompts(pipeline):
+    from flows.cells import Plan
+
+    _, cfg = pipeline
+    icl = cfg.icl
+    matched = Plan(cfg).sft_config(("rules",), ("raw",))
+    # the test prompt's format joins the training input, with the ICL counts
+    assert matched.knowledge.formats == ("rules", "raw")
+    assert (matched.knowledge.demonstrations, matched.knowledge.max_lines) == (icl.demonstrations, icl.max_lines) == (3, 20)
+    assert Plan(cfg).sft_config(("thoughts",), ("thoughts",)).knowledge.formats == ("thoughts",)
+    assert Plan(cfg).sft_config(("thoughts",), ("thoughts",)).reasoning
+    # SFT alone, or the earlier behaviour on request: the SFTConfig's own knowledge (1 demonstration, 10 lines)
+    for plan, prompts in ((Plan(cfg), ()), (Plan(cfg.model_copy(update={"sft_icl_prompts": "sft"})), ("raw",))):
+        alone = plan.sft_config(("rules",), prompts)
+        assert alone.knowledge.formats == ("rules",)
+        assert (alone.knowledge.demonstrations, alone.knowledge.max_lines) == (1, 10)
