@@ -8,6 +8,7 @@ import sys
 from prefect import flow
 from pydantic import BaseModel, Field
 
+from kd_bundle.cli_errors import run_cli
 from kd_bundle.config import DOMAINS, BaselineConfig, DataConfig, Domain, PatternConfig, settings
 from kd_bundle.results import CellLabels, markdown_table
 from kd_bundle.store import ArtifactRef, read_artifact
@@ -53,4 +54,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli("python -m flows.baselines", main))
