@@ -18,7 +18,7 @@ from tasks.scoring import collect_results, publish_results, score_predictions
 from tasks.sessions import load_sessions
 
 
-class BaselineRun(BaseModel, frozen=True):
+class BaselineRun(BaseModel, frozen=True, extra="forbid"):
     domains: tuple[Domain, ...] = Field(DOMAINS, description="Domains to score.")
     max_train_sessions: int | None = Field(None, ge=1, description="Training sessions mined (None = all).")
     max_test_sessions: int | None = Field(None, ge=1, description="Test sessions scored (None = all 180).")

@@ -59,7 +59,7 @@ RETRIEVED_SCHEMA = {
 }
 
 
-class RetrievalConfig(BaseModel, frozen=True):
+class RetrievalConfig(BaseModel, frozen=True, extra="forbid"):
     """How sessions are embedded and how many neighbours' knowledge each query keeps."""
 
     method: Literal["auto", "minilm", "tfidf"] = Field(
