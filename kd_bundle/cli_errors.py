@@ -12,8 +12,8 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from kd_bundle.config import settings
 from kd_bundle.session_checks import DataError

@@ -16,7 +16,7 @@ import logging
 import os
 import socket
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -133,7 +133,7 @@ class StoreLockManager(FileSystemLockManager):
     def _create(self, key: str, holder: str, hold_timeout: float | None) -> bool:
         """Publish a complete lock file in one atomic step (link fails if the file exists)."""
         path = self._lock_path_for_key(key)
-        expiration = None if hold_timeout is None else datetime.now(timezone.utc) + timedelta(seconds=hold_timeout)
+        expiration = None if hold_timeout is None else datetime.now(UTC) + timedelta(seconds=hold_timeout)
         record = {"holder": holder, "expiration": None if expiration is None else str(expiration),
                   "pid": os.getpid(), "host": socket.gethostname(), "started": _started(os.getpid())}
         staging = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}")
