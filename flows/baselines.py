@@ -8,6 +8,7 @@ import sys
 from prefect import flow
 from pydantic import BaseModel, Field
 
+from kd_bundle.cli_errors import run_cli
 from kd_bundle.config import DOMAINS, BaselineConfig, DataConfig, Domain, PatternConfig, settings
 from kd_bundle.results import CellLabels, markdown_table
 from kd_bundle.store import ArtifactRef, read_artifact
@@ -17,7 +18,7 @@ from tasks.scoring import collect_results, publish_results, score_predictions
 from tasks.sessions import load_sessions
 
 
-class BaselineRun(BaseModel, frozen=True):
+class BaselineRun(BaseModel, frozen=True, extra="forbid"):
     domains: tuple[Domain, ...] = Field(DOMAINS, description="Domains to score.")
     max_train_sessions: int | None = Field(None, ge=1, description="Training sessions mined (None = all).")
     max_test_sessions: int | None = Field(None, ge=1, description="Test sessions scored (None = all 180).")
@@ -53,4 +54,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli("python -m flows.baselines", main))

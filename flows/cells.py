@@ -7,13 +7,13 @@ content cache makes a second run, or another flow needing the same artifact, reu
 from __future__ import annotations
 
 import sys
-from typing import Callable, Literal
+from typing import Any, Callable, Literal
 
 from prefect.context import FlowRunContext
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from kd_bundle import grid
-from kd_bundle.config import BaselineConfig, DataConfig, PatternConfig, settings
+from kd_bundle.config import BaselineConfig, DataConfig, PatternConfig, reject_unknown_keys, settings
 from kd_bundle.icl import ICLConfig
 from kd_bundle.results import CellLabels
 from kd_bundle.retrieval import RetrievalConfig
@@ -42,8 +42,14 @@ from tasks.student import embed_sessions, index_sessions, retrieve_knowledge, st
 from tasks.teacher import distill_rules, distill_thoughts, teacher_predict
 
 
-class PipelineConfig(BaseModel, frozen=True):
+class PipelineConfig(BaseModel, frozen=True, extra="forbid"):
     """Everything below the grid: data slice, extraction, retrieval, student, teacher. Defaults = the full study."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_unknown_keys(cls, data: Any) -> Any:
+        reject_unknown_keys(cls, data, "pipeline")  # nested blocks too, also those that do not forbid extras
+        return data
 
     max_train_sessions: int | None = Field(None, ge=1, description="Training sessions per domain (None = all).")
     max_test_sessions: int | None = Field(None, ge=1, description="Test sessions per domain, length-stratified (None = 180).")

@@ -17,6 +17,7 @@ from prefect import flow
 from flows.baselines import BaselineRun, baselines_flow
 from flows.cells import PipelineConfig
 from flows.research import rq1_knowledge_format, rq3_knowledge_utilization
+from kd_bundle.cli_errors import run_cli
 from kd_bundle.config import DOMAINS, Domain
 from kd_bundle.grid import RQ1Grid, RQ3Grid
 from kd_bundle.icl import ICLConfig
@@ -78,4 +79,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli("python -m flows.main", main))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from kd_bundle.cli_errors import run_cli
+
 # command -> "module:function"; each function takes argv (list[str]) and returns an exit code.
 COMMANDS = {
     "score": "kd_bundle.metrics:cli",
@@ -20,7 +22,8 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m kd_bundle {" + ",".join(sorted(COMMANDS)) + "} [options]", file=sys.stderr)
         return 0 if argv and argv[0] in {"-h", "--help"} else 2
     module_name, function_name = COMMANDS[argv[0]].split(":")
-    return int(getattr(importlib.import_module(module_name), function_name)(argv[1:]) or 0)
+    command = getattr(importlib.import_module(module_name), function_name)
+    return run_cli(f"python -m kd_bundle {argv[0]}", lambda: command(argv[1:]))
 
 
 if __name__ == "__main__":

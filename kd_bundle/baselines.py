@@ -8,6 +8,9 @@ categories where present (the leaky setting, closer to SIGIR'22, which had categ
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import polars as pl
 
 from kd_bundle.config import BaselineConfig
@@ -17,27 +20,45 @@ from kd_bundle.predictions import PREDICTION_COLUMNS
 def infer_categories(sessions: pl.DataFrame, reference: pl.DataFrame, keep_given: bool = False) -> pl.DataFrame:
     """`sessions` with categories inferred from the most similar titled item of `reference` (all, or missing only)."""
     from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.neighbors import NearestNeighbors
 
     known = (
         reference.select("titles", "categories").explode("titles", "categories").drop_nulls("categories")
         .unique("titles", keep="first", maintain_order=True)  # any-row unique made reruns disagree
+        .sort("titles")  # the tie-break order below: independent of the reference's row order
     )
     if known.height == 0:
         raise ValueError("infer_categories: the reference sessions carry no known category")
     vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1)
-    index = NearestNeighbors(n_neighbors=1, metric="cosine").fit(vectorizer.fit_transform(known["titles"].to_list()))
+    known_vectors = vectorizer.fit_transform(known["titles"].to_list())
     flat = sessions.select("session_id", "titles", "categories").explode("titles", "categories")
     if not keep_given:
         flat = flat.with_columns(pl.lit(None, dtype=pl.String).alias("categories"))
     missing = flat["categories"].is_null()
     if not missing.any():
         return sessions
-    _, nearest = index.kneighbors(vectorizer.transform(flat.filter(missing)["titles"].to_list()))
-    guesses = iter(known["categories"].gather(nearest[:, 0]).to_list())
+    nearest = nearest_rows(vectorizer.transform(flat.filter(missing)["titles"].to_list()), known_vectors)
+    guesses = iter(known["categories"].gather(nearest).to_list())
     filled = [category if category is not None else next(guesses) for category in flat["categories"].to_list()]
     lengths = sessions["item_ids"].list.len().to_list()
     return sessions.with_columns(categories=pl.Series(_regroup(filled, lengths), dtype=pl.List(pl.String)))
+
+
+TIE_TOLERANCE = 1e-9  # cosine scores this close are a tie: BLAS and summation order differ in the last bits
+
+
+def nearest_rows(queries: Any, candidates: Any, chunk: int = 1024) -> np.ndarray:
+    """For each query row, the candidate row of highest cosine similarity (rows are L2-normalised, as TF-IDF's).
+
+    Ties, within TIE_TOLERANCE, go to the lowest candidate row, so the answer is the same on every machine;
+    a nearest-neighbour search's order among equal distances is not (issue 12: Food's category row moved
+    from 103 to 102 scored sessions on another machine).
+    """
+    picks = []
+    for start in range(0, queries.shape[0], chunk):
+        scores = np.asarray((queries[start : start + chunk] @ candidates.T).todense())
+        best = scores.max(axis=1, keepdims=True)
+        picks.append(np.argmax(scores >= best - TIE_TOLERANCE, axis=1))  # first True: the lowest tied row
+    return np.concatenate(picks) if picks else np.zeros(0, dtype=np.int64)
 
 
 def predict_baseline(sessions: pl.DataFrame, patterns: pl.DataFrame | None, cfg: BaselineConfig) -> pl.DataFrame:

@@ -8,7 +8,7 @@ stably through JSON, which is what Prefect's INPUTS cache policy relies on.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -36,12 +36,28 @@ class Settings(BaseSettings):
     teacher_api_key: SecretStr = Field(SecretStr("local"), description="From KD_TEACHER_API_KEY only.")
 
 
+def reject_unknown_keys(model: type[BaseModel], data: Any, where: str) -> None:
+    """Raise on a key that no field of `model` (or of a nested config model) takes: a misspelt parameter.
+
+    For models whose own config cannot forbid extras; pydantic would drop such a key without a word.
+    """
+    if not isinstance(data, dict):
+        return
+    fields = model.model_fields
+    unknown = sorted(set(data) - set(fields) - {f.alias for f in fields.values() if f.alias})
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(fields)}")
+    for name, field in fields.items():
+        if name in data and isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            reject_unknown_keys(field.annotation, data[name], f"{where}.{name}")
+
+
 def settings() -> Settings:
     """Fresh settings each call, so a changed environment (tests, CLI flags) is honoured."""
     return Settings()
 
 
-class DataConfig(BaseModel, frozen=True):
+class DataConfig(BaseModel, frozen=True, extra="forbid"):
     """Which sessions a run sees. The slice bounds keep CPU runs short; None means all."""
 
     domain: Domain = Field("electronic", description="Dataset domain.")
@@ -55,7 +71,7 @@ class DataConfig(BaseModel, frozen=True):
     split_seed: int = Field(0, description="Seed for the stratified test slice.")
 
 
-class PatternConfig(BaseModel, frozen=True):
+class PatternConfig(BaseModel, frozen=True, extra="forbid"):
     """Apriori over the leaf categories of training bundles (notes/paper.md section 3)."""
 
     min_support: float = Field(0.001, gt=0, le=1, description="SIGIR'22 grid search chose 0.001 for all domains.")
@@ -71,7 +87,7 @@ class PatternConfig(BaseModel, frozen=True):
         return self
 
 
-class BaselineConfig(BaseModel, frozen=True):
+class BaselineConfig(BaseModel, frozen=True, extra="forbid"):
     """Non-LLM bundlers. `pattern` = SIGIR'22 detection over mined itemsets; `category` = group by leaf category."""
 
     method: Literal["pattern", "category"] = "pattern"

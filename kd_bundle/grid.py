@@ -37,7 +37,7 @@ MULTI_FORMAT = "multi-format"  # results-table strategy label of an aggregation 
 DEFAULT_RATIOS = tuple(round(0.1 * i, 1) for i in range(1, 11))
 
 
-class _GridPart(BaseModel, frozen=True):
+class _GridPart(BaseModel, frozen=True, extra="forbid"):
     @field_validator("*")
     @classmethod
     def _distinct(cls, value: Any) -> Any:

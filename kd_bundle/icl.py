@@ -51,7 +51,7 @@ class FittedPrompt(NamedTuple):
     lines: int  # domain-level lines kept
 
 
-class ICLConfig(BaseModel, frozen=True):
+class ICLConfig(BaseModel, frozen=True, extra="forbid"):
     """Which retrieved knowledge goes into the inference prompt (independent of the knowledge used in training)."""
 
     formats: tuple[str, ...] = Field(

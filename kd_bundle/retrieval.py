@@ -59,7 +59,7 @@ RETRIEVED_SCHEMA = {
 }
 
 
-class RetrievalConfig(BaseModel, frozen=True):
+class RetrievalConfig(BaseModel, frozen=True, extra="forbid"):
     """How sessions are embedded and how many neighbours' knowledge each query keeps."""
 
     method: Literal["auto", "minilm", "tfidf"] = Field(
@@ -256,8 +256,11 @@ def _rank_training_sessions(
     order, similarity = {}, {}
     for sid, row_positions, row_scores in zip(queries["session_id"].to_list(), positions, scores):
         valid = row_positions >= 0
-        order[sid] = indexed_ids[row_positions[valid]].tolist()
-        similarity[sid] = row_scores[valid].astype(float).tolist()
+        ids, row_scores = indexed_ids[row_positions[valid]], row_scores[valid]
+        # equal scores (to 1e-6, float32 sums differ in the last bits across machines) go to the lower session id
+        ranked = np.lexsort((ids, -np.round(row_scores.astype(np.float64), 6)))
+        order[sid] = ids[ranked].tolist()
+        similarity[sid] = row_scores[ranked].astype(float).tolist()
     return order, similarity
 
 

@@ -44,7 +44,7 @@ SOURCE_DOMAIN = "source_domain"
 FORMAT_HEADINGS = {"raw": "Examples", "patterns": "Patterns", "rules": "Rules", "thoughts": "Thoughts"}
 
 
-class SamplingConfig(BaseModel, frozen=True):
+class SamplingConfig(BaseModel, frozen=True, extra="forbid"):
     """How much of the training knowledge a cell sees, and which part (RQ2)."""
 
     strategy: Literal["random", "length", "diversity", "difficulty"] = Field(

@@ -22,23 +22,21 @@ from pathlib import Path
 import polars as pl
 
 from kd_bundle.config import DataConfig, Domain
+from kd_bundle.session_checks import (
+    BUNDLE_COLUMNS,
+    ITEM_COLUMNS,
+    SPLITS,
+    DataError,
+    check_bundle_keys,
+    check_bundles,
+    check_item_keys,
+    check_items,
+    check_split_listing,
+    require_columns,
+)
 
-ITEM_COLUMNS = {
-    "session_id": pl.Int64,
-    "split": pl.String,
-    "position": pl.Int64,
-    "item_id": pl.String,
-    "title": pl.String,
-    "category": pl.String,
-}
-BUNDLE_COLUMNS = {"session_id": pl.Int64, "bundle_index": pl.Int64, "intent": pl.String, "item_ids": pl.List(pl.String)}
 SESSION_COLUMNS = ["session_id", "split", "item_ids", "titles", "categories", "bundles", "intents"]
-SPLITS = ("train", "test", "valid")
 _LEVEL_SEPARATOR = re.compile(r",(?! )")  # category names contain ", " (e.g. "Clothing, Shoes & Jewelry")
-
-
-class DataError(ValueError):
-    """Input data that does not fit the schema; the message names the file, row or column, and what was expected."""
 
 
 def load_sessions(cfg: DataConfig, data_root: Path) -> pl.DataFrame:
@@ -54,11 +52,14 @@ def read_aicl_domain(folder: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
     ids = {"session_id": pl.Int64}
     session_items = _read_csv(aicl / "session_items.csv", ["session_id", "position", "item_asin"])
     session_items = _cast_checked(session_items, {**ids, "position": pl.Int64}, aicl / "session_items.csv")
+    check_item_keys(session_items, str(aicl / "session_items.csv"))
     split = _read_csv(aicl / "split.csv", ["session_id", "split", "prompt_titles"])
     split = _cast_checked(split, ids, aicl / "split.csv")
+    check_split_listing(split, str(aicl / "split.csv"))
     raw_titles = _read_csv(aicl / "item_titles.csv", ["item_asin", "title"])
     truth = _read_csv(aicl / "session_bundles_dedup.csv", ["session_id", "bundle_index", "intent", "item_asins"])
     truth = _cast_checked(truth, {**ids, "bundle_index": pl.Int64}, aicl / "session_bundles_dedup.csv")
+    check_bundle_keys(truth, str(aicl / "session_bundles_dedup.csv"))
     leaf = _leaf_categories(folder)
 
     prompt_titles = (
@@ -96,17 +97,19 @@ def read_exchange_tables(folder: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Read a user's own `items` and `bundles` tables (CSV or Parquet) and check their types."""
     items, items_path = _read_table(Path(folder), "items", list(ITEM_COLUMNS))
     items = _cast_checked(items, ITEM_COLUMNS, items_path)
+    check_item_keys(items, str(items_path))
     bundles, bundles_path = _read_table(Path(folder), "bundles", list(BUNDLE_COLUMNS))
     if bundles.schema["item_ids"] == pl.String:
         bundles = bundles.with_columns(pl.col("item_ids").str.split(","))
     bundles = _cast_checked(bundles, BUNDLE_COLUMNS, bundles_path)
+    check_bundle_keys(bundles, str(bundles_path))
     return items, bundles
 
 
 def build_sessions(items: pl.DataFrame, bundles: pl.DataFrame, source: str = "<memory>") -> pl.DataFrame:
     """Check the exchange tables and fold them into one row per session (SESSION_COLUMNS)."""
-    _check_items(items, source)
-    _check_bundles(bundles, items, source)
+    check_items(items, source)
+    check_bundles(bundles, items, source)
     per_session = (
         items.sort("session_id", "position")
         .group_by("session_id", maintain_order=True)
@@ -198,7 +201,7 @@ def _read_csv(path: Path, required: list[str]) -> pl.DataFrame:
         frame = pl.read_csv(path, infer_schema=False)  # all strings; types are checked where they matter
     except pl.exceptions.PolarsError as exc:
         raise DataError(f"{path}: not a readable CSV file ({exc})") from exc
-    _require_columns(frame, required, str(path))
+    require_columns(frame, required, str(path))
     return frame
 
 
@@ -210,15 +213,9 @@ def _read_table(folder: Path, stem: str, required: list[str]) -> tuple[pl.DataFr
                 frame = reader(path)
             except (pl.exceptions.PolarsError, OSError) as exc:
                 raise DataError(f"{path}: not a readable {suffix[1:]} file ({exc})") from exc
-            _require_columns(frame, required, str(path))
+            require_columns(frame, required, str(path))
             return frame, path
     raise DataError(f"{folder}: neither {stem}.parquet nor {stem}.csv found")
-
-
-def _require_columns(frame: pl.DataFrame, required: list[str], where: str) -> None:
-    missing = [c for c in required if c not in frame.columns]
-    if missing:
-        raise DataError(f"{where}: missing column(s) {missing}; found {frame.columns}")
 
 
 def _cast_checked(frame: pl.DataFrame, schema: dict[str, pl.DataType], where: Path) -> pl.DataFrame:
@@ -242,47 +239,3 @@ def _first_bad_value(frame: pl.DataFrame, column: str, dtype: pl.DataType) -> st
         return f"found type {frame.schema[column]}"
     row = bad.row(0, named=True)
     return f"row {row['row']} has {row[column]!r}"
-
-
-def _check_items(items: pl.DataFrame, source: str) -> None:
-    _require_columns(items, list(ITEM_COLUMNS), f"{source} items")
-    bad_split = items.filter(pl.col("split").is_null() | ~pl.col("split").is_in(SPLITS))
-    if bad_split.height:
-        row = bad_split.row(0, named=True)
-        raise DataError(f"{source} items: session {row['session_id']} has split {row['split']!r}; expected {SPLITS}")
-    empty_id = items.filter(pl.col("item_id").is_null() | (pl.col("item_id") == ""))
-    if empty_id.height:
-        raise DataError(f"{source} items: session {empty_id['session_id'][0]} has an empty item_id")
-    duplicated = items.filter(pl.struct("session_id", "item_id").is_duplicated())
-    if duplicated.height:
-        row = duplicated.row(0, named=True)
-        raise DataError(f"{source} items: item {row['item_id']!r} appears twice in session {row['session_id']}")
-
-
-def _check_bundles(bundles: pl.DataFrame, items: pl.DataFrame, source: str) -> None:
-    _require_columns(bundles, list(BUNDLE_COLUMNS), f"{source} bundles")
-    # distinct, non-empty ids: "d,d" is one item, and an empty field is none
-    distinct = pl.col("item_ids").list.eval(pl.element().filter(pl.element() != "")).list.unique().list.len()
-    small = bundles.filter(pl.col("item_ids").is_null() | (distinct.fill_null(0) < 2))
-    if small.height:
-        row = small.row(0, named=True)
-        n_items = len({i for i in row["item_ids"] or [] if i})
-        raise DataError(
-            f"{source} bundles: session {row['session_id']} bundle {row['bundle_index']} has "
-            f"{n_items} distinct item(s); a bundle needs at least 2"
-        )
-    unknown_session = bundles.join(items.select("session_id").unique(), on="session_id", how="anti")
-    if unknown_session.height:
-        raise DataError(
-            f"{source} bundles: session {unknown_session['session_id'][0]} has bundles but no items (empty session)"
-        )
-    stray = (
-        bundles.explode("item_ids")
-        .join(items.select("session_id", pl.col("item_id").alias("item_ids")), on=["session_id", "item_ids"], how="anti")
-    )
-    if stray.height:
-        row = stray.row(0, named=True)
-        raise DataError(
-            f"{source} bundles: session {row['session_id']} bundle {row['bundle_index']} contains item "
-            f"{row['item_ids']!r}, which is not in that session"
-        )

@@ -25,7 +25,7 @@ KNOWLEDGE_HEADER = "Here is some knowledge about how products form bundles:\n{kn
 RAW_SEPARATOR = "\n----- intents -----\n"
 
 
-class TeacherPredictConfig(BaseModel, frozen=True):
+class TeacherPredictConfig(BaseModel, frozen=True, extra="forbid"):
     """How the teacher is asked on test sessions; part of the task cache key."""
 
     intents: bool = Field(True, description="Ask AICL's 3-5-word intent turn after the bundles.")

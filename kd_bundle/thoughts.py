@@ -47,7 +47,7 @@ THOUGHT_INSTRUCTION = (
 )
 
 
-class ThoughtConfig(BaseModel, frozen=True):
+class ThoughtConfig(BaseModel, frozen=True, extra="forbid"):
     """Chain-of-thought settings; the prompt version is part of every task cache key."""
 
     min_words: int = Field(15, ge=1, description="A shorter answer is not a reasoning path; it is recorded as failed.")

@@ -19,12 +19,11 @@ from typing import Any, Callable, Iterator
 from prefect import Task, task
 from prefect.futures import PrefectFuture
 from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
-from prefect.locking.filesystem import FileSystemLockManager
 from prefect.utilities.hashing import hash_objects
 from pydantic import BaseModel
 
-from kd_bundle.config import settings
 from kd_bundle.store import ArtifactRef
+from tasks.locks import StoreLockManager
 
 
 @dataclass
@@ -50,21 +49,6 @@ class SourceFiles(CachePolicy):
             digest.update(path.name.encode())
             digest.update(path.read_bytes())
         return digest.hexdigest()
-
-
-class StoreLockManager(FileSystemLockManager):
-    """File locks under `<store>/.locks`, the store read at each use rather than at import.
-
-    Every process that shares a store (two flow runs, a worker's subprocesses, a test's isolated store) then
-    shares its locks, whatever KD_STORE was when `tasks` was first imported.
-    """
-
-    def __init__(self) -> None:
-        self._locks = {}
-
-    @property
-    def lock_files_directory(self) -> Path:  # type: ignore[override]
-        return (settings().store / ".locks").expanduser().resolve()
 
 
 def content_policy(*modules: str, inputs: CachePolicy = INPUTS) -> CachePolicy:

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 
 import polars as pl
 from prefect.artifacts import create_table_artifact
+from prefect.runtime import flow_run
 
 from kd_bundle import metrics, results, sessions
+from kd_bundle.config import DataConfig, settings
+from kd_bundle.manifest import build_manifest, files_sha256, seeds_in, write_with_manifest
 from kd_bundle.predictions import write_predictions_jsonl
 from kd_bundle.store import ArtifactRef, read_artifact, write_artifact
 from tasks.common import stage_task
+from tasks.sessions import _domain_files
 
 
 @stage_task("metrics", "results", "sessions", task_run_name="score-{labels.method}-{labels.knowledge_format}-{labels.utilization}")
@@ -35,12 +38,22 @@ def publish_results(table: ArtifactRef, key: str, out_dir: Path) -> Path:
     frame = read_artifact(table)
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{key}.parquet"
-    shutil.copyfile(table.path(), target)
+    write_with_manifest(table.path(), target, run_manifest(frame, key))
     for row in frame.filter(pl.col("predictions_sha256") != "").iter_rows(named=True):
         scored = ArtifactRef(kind="predictions", sha256=row["predictions_sha256"], rows=row["n_sessions"])
         write_predictions_jsonl(read_artifact(scored), out_dir / key / "predictions" / f"{row_label(row)}.jsonl")
     create_table_artifact(key=key, table=frame.to_dicts(), description=f"kd-bundle results ({table})")
     return target
+
+
+def run_manifest(frame: pl.DataFrame, key: str) -> dict:
+    """Commit, package versions, the run's seeds, a hash of the source data files of its domains, the device."""
+    parameters = flow_run.parameters or {}
+    data_root = settings().data_root
+    files = [f for domain in sorted(set(frame["domain"].to_list()))
+             for f in _domain_files({"cfg": DataConfig(domain=domain), "data_root": data_root})]
+    return build_manifest(seeds=seeds_in(parameters), data_sha256=files_sha256(files), key=key,
+                          flow_run_id=str(flow_run.id) if flow_run.id else None)
 
 
 def row_label(row: dict) -> str:

@@ -76,3 +76,30 @@ def test_deleted_artifact_is_recomputed_not_trusted():
     # the cache hit handed back the stale ref, so the stage ran once more with a refreshed cache record
     assert sorted(states["collect-results"]) == ["Cached", "Completed"]
     assert states["load-sessions-food"] == ["Cached"]
+
+
+def test_published_table_carries_a_run_manifest_outside_the_cache(isolated_store):
+    import hashlib
+    from importlib import metadata
+
+    import pyarrow.parquet as pq
+
+    from kd_bundle.config import settings
+    from kd_bundle.manifest import git_commit, read_manifest
+
+    table, _ = _run(SMALL)
+    published = isolated_store / "published" / "baselines.parquet"
+    manifest = read_manifest(published)
+    assert manifest["kd_bundle_commit"] == git_commit() and len(manifest["kd_bundle_commit"].split("+")[0]) == 40
+    for package in ("torch", "transformers", "peft", "polars", "prefect", "pyarrow"):
+        assert manifest["packages"][package] == metadata.version(package)
+    assert manifest["seeds"] == {}  # the baselines flow takes no seed; the research flows carry theirs
+    assert manifest["device"].startswith(("cpu", "cuda"))
+    # the data hash covers the bytes of food's source files: a changed file changes it
+    food = settings().data_root / "food"
+    assert len(manifest["data_sha256"]) == 64
+    assert hashlib.sha256((food / "aicl" / "split.csv").read_bytes()).hexdigest() != manifest["data_sha256"]
+    # the store's artifact (the cache's view) has no manifest: the content hash, and every key, stay as they were
+    assert b"kd_bundle.manifest" not in (pq.read_schema(table.path()).metadata or {})
+    assert hashlib.sha256(table.path().read_bytes()).hexdigest() == table.sha256
+    assert pl.read_parquet(published).equals(read_artifact(table))

@@ -1,6 +1,7 @@
 """What a user does from the README: a local Prefect server, a process worker, `prefect deploy`, then
-`prefect deployment run 'rq1-knowledge-format/smoke' --param domain=food`, which must complete end to end;
-and the weekly full grid, whose schedule the server's scheduler turns into runs on Sundays 03:00 UTC."""
+`prefect deployment run 'rq1-knowledge-format/smoke'` with a nested override of its pipeline, which must
+complete end to end and keep the rest of the smoke pipeline; and the weekly full grid, deployed paused, whose
+schedule (once resumed with the README's command) the scheduler turns into runs on Sundays 03:00 UTC."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,8 +85,17 @@ def test_deployment_run_from_the_cli_completes(tmp_path):
         assert run("work-pool", "create", "kd-local", "--type", "process").returncode == 0
         deployed = run("--no-prompt", "deploy", "--name", "rq1-knowledge-format/smoke", "--name", "full-grid/weekly")
         assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+        with urllib.request.urlopen(f"{api}/deployments/name/full-grid/weekly", timeout=10) as reply:
+            assert [s["active"] for s in json.load(reply)["schedules"]] == [False]  # deployed paused
+
+        misspelt = run("deployment", "run", "rq1-knowledge-format/smoke", "--params",
+                       '{"pipeline": {"max_test_sesions": 3}}')
+        assert misspelt.returncode != 0 and "max_test_sesions" in misspelt.stdout + misspelt.stderr, misspelt
+
         start("worker", "worker", "start", "--pool", "kd-local")
-        triggered = run("deployment", "run", "rq1-knowledge-format/smoke", "--param", "domain=food", "--watch",
+        # A nested override: before issue 12 it replaced the whole smoke pipeline with the full study.
+        triggered = run("deployment", "run", "rq1-knowledge-format/smoke", "--params",
+                        '{"domain": "food", "pipeline": {"max_test_sessions": 3}}', "--watch",
                         "--watch-timeout", "900", timeout=960)
         output = triggered.stdout + triggered.stderr
         worker_log = (logs / "worker.log").read_text()[-3000:]
@@ -92,6 +103,12 @@ def test_deployment_run_from_the_cli_completes(tmp_path):
         assert "Completed" in output, output + worker_log
         published = tmp_path / "published" / "rq1-food.parquet"
         assert published.exists(), worker_log
+        table = pl.read_parquet(published)
+        assert set(table["n_sessions"]) == {3}, table  # the override
+        assert "teacher" not in set(table["method"]), table  # smoke's `teacher_rows: []`, kept
+
+        resumed = run("--no-prompt", "deployment", "schedule", "resume", "--all")  # README: turn the weekly run on
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
 
         upcoming = _scheduled_starts(api, "full-grid", "weekly")
         assert upcoming, "the scheduler created no run of full-grid/weekly"

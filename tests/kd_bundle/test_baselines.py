@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 import pytest
 
-from kd_bundle.baselines import infer_categories, predict_baseline
+from kd_bundle.baselines import infer_categories, nearest_rows, predict_baseline
 from kd_bundle.config import BaselineConfig, DataConfig, PatternConfig, settings
 from kd_bundle.patterns import PATTERN_SCHEMA, mine_patterns
 from kd_bundle.predictions import PREDICTION_COLUMNS
@@ -158,3 +159,23 @@ def test_inferred_categories_are_the_same_on_every_run_of_real_data() -> None:
     first = infer_categories(test, train)
     for _ in range(4):
         assert infer_categories(test, train).equals(first)
+
+
+def test_tied_title_neighbours_resolve_the_same_whatever_the_reference_order() -> None:
+    # "red apple" and "apple red" are equally close to "apple" (same words, mirrored bigrams). A nearest-neighbour
+    # search returns either, by row order or float noise; the tie now goes to the lower title, in any order.
+    reference = _sessions([(1, ["x1", "x2"], ["Fruit", "Tools"]), (2, ["y1", "y2"], ["Produce", "Toys"])]).with_columns(
+        pl.Series("titles", [["red apple", "hammer"], ["apple red", "yoyo"]]))
+    target = _sessions([(9, ["q1", "q2"], [None, None])]).with_columns(pl.Series("titles", [["apple", "hammer"]]))
+    forward = infer_categories(target, reference)["categories"].to_list()
+    backward = infer_categories(target, reference.reverse())["categories"].to_list()
+    assert forward == backward == [["Produce", "Tools"]]
+
+
+def test_nearest_rows_breaks_ties_by_lowest_row_within_tolerance() -> None:
+    from scipy.sparse import csr_matrix
+
+    candidates = csr_matrix(np.array([[0.6, 0.8], [1.0, 0.0], [1.0, 1e-12], [0.0, 1.0]]))
+    queries = csr_matrix(np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]))
+    # row 2 is a hair "closer" to [1, 0] than row 1 in exact arithmetic; within tolerance the lower row wins.
+    assert nearest_rows(queries, candidates).tolist() == [1, 3, 0]

@@ -120,3 +120,16 @@ def test_minilm_embeddings_rank_the_same_theme_first(sessions):
     retrieved = retrieve_knowledge(sessions, embeddings, build_index(embeddings, sessions), {"raw": sessions}, cfg)
     neighbours = dict(retrieved.select("session_id", "neighbour_ids").iter_rows())
     assert all(n % 2 == 1 for n in neighbours[7]) and all(n % 2 == 0 for n in neighbours[8])
+
+
+def test_equal_scores_rank_the_lower_session_id_first(sessions):
+    # Every session gets the same vector: all training sessions tie. faiss hands ties back highest position first
+    # (6, 5, 4 before); the ranking now breaks them by session id on every machine.
+    same = np.full((sessions.height, 4), 0.5, dtype=np.float32)
+    embeddings = pl.DataFrame({"session_id": sessions["session_id"].cast(pl.Int64),
+                               "embedding": pl.Series(same).cast(pl.Array(pl.Float32, 4)),
+                               "method": ["tfidf"] * sessions.height})
+    retrieved = retrieve_knowledge(sessions, embeddings, build_index(embeddings, sessions), {"raw": sessions}, TFIDF)
+    neighbours = dict(retrieved.select("session_id", "neighbour_ids").iter_rows())
+    assert neighbours[7] == [1, 2, 3]
+    assert neighbours[2] == [1, 3, 4]  # a training session never retrieves itself

@@ -455,3 +455,92 @@ def test_aicl_unreadable_csv(tmp_path: Path) -> None:
     folder = _aicl_copy(tmp_path, broken="aicl/item_titles.csv", edit=lambda text: 'item_asin,title\n"unclosed,x\n')
     with pytest.raises(DataError, match=r"item_titles\.csv: not a readable CSV file"):
         read_aicl_domain(folder)
+
+
+# ---------------------------------------------------------------- keys a later stage trusts
+
+
+def test_duplicate_position_names_file_session_and_rows(tmp_path: Path) -> None:
+    # Before: 'c' silently took Bread's place at position 2 (a swapped title), now the file says where.
+    items = [list(row) for row in ITEMS]
+    items[2][2] = 2
+    with pytest.raises(DataError, match=r"items\.csv: rows 0 and 2: session 1 has position 2 twice") as err:
+        _build(_exchange(tmp_path, items=items))
+    assert str(tmp_path) in str(err.value)
+
+
+def test_missing_position(tmp_path: Path) -> None:
+    items = [list(row) for row in ITEMS]
+    items[4][2] = ""  # CSV empty field -> null, which sorted first and reordered the session
+    with pytest.raises(DataError, match=r"items\.csv: row 4: session 2 has no position \(empty or null\)"):
+        _build(_exchange(tmp_path, items=items))
+
+
+def test_null_position_in_parquet(tmp_path: Path) -> None:
+    frame = pl.DataFrame([dict(zip(ITEM_HEADER, row)) for row in ITEMS]).with_columns(
+        position=pl.when(pl.col("item_id") == "g").then(None).otherwise(pl.col("position"))
+    )
+    frame.write_parquet(tmp_path / "items.parquet")
+    _write_csv(tmp_path / "bundles.csv", BUNDLE_HEADER, BUNDLES)
+    with pytest.raises(DataError, match=r"items\.parquet: row 6: session 3 has no position"):
+        read_exchange_tables(tmp_path)
+
+
+def test_duplicate_bundle_index(tmp_path: Path) -> None:
+    bundles = BUNDLES + [[2, 1, "second baking", "d,e"]]  # used to add a bundle the dataset never had
+    with pytest.raises(DataError, match=r"bundles\.csv: rows 2 and 3: session 2 has bundle_index 1 twice"):
+        _build(_exchange(tmp_path, bundles=bundles))
+
+
+def test_session_in_two_splits(tmp_path: Path) -> None:
+    items = [list(row) for row in ITEMS]
+    items[4][1] = "train"  # session 2: row 3 says test, row 4 says train; the first used to win
+    with pytest.raises(DataError, match=r"items\.csv: rows 3 and 4: session 2 is listed in two splits "
+                                        r"\('test' and 'train'\)"):
+        _build(_exchange(tmp_path, items=items))
+
+
+def test_in_memory_frames_are_checked_too() -> None:
+    items = pl.DataFrame([dict(zip(ITEM_HEADER, row)) for row in ITEMS + [[3, "valid", 2, "h", "Honey", "x"]]])
+    bundles = pl.DataFrame([dict(zip(BUNDLE_HEADER, row[:3] + [row[3].split(",")])) for row in BUNDLES])
+    with pytest.raises(DataError, match=r"<memory> items: rows 6 and 7: session 3 has position 2 twice"):
+        build_sessions(items, bundles)
+
+
+def _edit_line(number: int, old: str, new: str):
+    def edit(text: str) -> str:
+        lines = text.split("\n")
+        assert lines[number].startswith(old), lines[number]
+        lines[number] = new + lines[number][len(old):]
+        return "\n".join(lines)
+
+    return edit
+
+
+def test_aicl_duplicate_position(tmp_path: Path) -> None:
+    # data rows 1 and 2 are session 1 positions 2 and 3
+    folder = _aicl_copy(tmp_path, broken="aicl/session_items.csv", edit=_edit_line(3, "1,0,3,", "1,0,2,"))
+    with pytest.raises(DataError, match=r"session_items\.csv: rows 1 and 2: session 1 has position 2 twice"):
+        read_aicl_domain(folder)
+
+
+def test_aicl_missing_position(tmp_path: Path) -> None:
+    folder = _aicl_copy(tmp_path, broken="aicl/session_items.csv", edit=_edit_line(3, "1,0,3,", "1,0,,"))
+    with pytest.raises(DataError, match=r"session_items\.csv: row 2: session 1 has no position"):
+        read_aicl_domain(folder)
+
+
+def test_aicl_duplicate_bundle_index(tmp_path: Path) -> None:
+    folder = _aicl_copy(tmp_path, broken="aicl/session_bundles_dedup.csv", edit=_edit_line(2, "1,2,", "1,1,"))
+    with pytest.raises(DataError, match=r"session_bundles_dedup\.csv: rows 0 and 1: session 1 has bundle_index 1 twice"):
+        read_aicl_domain(folder)
+
+
+def test_aicl_session_listed_in_two_splits(tmp_path: Path) -> None:
+    def list_twice(text: str) -> str:
+        return text.rstrip("\n") + "\n1,test,\n"
+
+    folder = _aicl_copy(tmp_path, broken="aicl/split.csv", edit=list_twice)
+    with pytest.raises(DataError, match=r"split\.csv: rows 0 and \d+: session 1 is listed twice "
+                                        r"\(splits 'train' and 'test'\)"):
+        read_aicl_domain(folder)

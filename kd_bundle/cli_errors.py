@@ -1,0 +1,74 @@
+"""Entry points report a data error as one line on stderr and exit 2; the full trace goes to a log file.
+
+A bad data file inside a flow used to print 150-300 lines with several tracebacks (each engine layer logs the
+exception again) before the one clear message. `run_cli` sends every log record of the run to a file under
+`<store>/.logs`, keeps records about the data error off the terminal, and ends with one line naming the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+from kd_bundle.config import settings
+from kd_bundle.session_checks import DataError
+
+EXIT_DATA_ERROR = 2
+_FORMAT = "%(asctime)s %(levelname)s %(name)s - %(message)s"
+
+
+def log_file(prog: str) -> Path:
+    """A fresh log file for one run of `prog`, e.g. `<store>/.logs/flows.baselines-20261126-194102-4242.log`."""
+    name = prog.removeprefix("python -m ").replace(" ", "-")
+    return settings().store / ".logs" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+
+
+class _DataErrorOffTerminal(logging.Filter):
+    """Drops records that repeat the data error (Prefect logs it per task, per flow and per final state)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(error, DataError) and DataError.__name__ not in record.getMessage()
+
+
+def _terminal_handlers() -> list[tuple[logging.Logger, logging.Handler]]:
+    loggers = [logging.getLogger()] + [
+        logger for logger in logging.Logger.manager.loggerDict.values() if isinstance(logger, logging.Logger)
+    ]
+    return [
+        (logger, handler)
+        for logger in loggers
+        for handler in logger.handlers
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
+    ]
+
+
+def run_cli(prog: str, main: Callable[[], int | None]) -> int:
+    """Run `main`; a DataError becomes `<prog>: error: <message> (full trace: <log>)` and exit 2."""
+    path = log_file(prog)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    to_file = logging.FileHandler(path, delay=True, encoding="utf-8")
+    to_file.setFormatter(logging.Formatter(_FORMAT))
+    quiet = _DataErrorOffTerminal()
+    attached = _terminal_handlers()
+    for logger, handler in attached:
+        handler.addFilter(quiet)
+        if to_file not in logger.handlers:
+            logger.addHandler(to_file)
+    try:
+        return int(main() or 0)
+    except DataError as exc:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(f"{prog}: data error\n{''.join(traceback.format_exception(exc))}")
+        print(f"{prog}: error: {exc} (full trace: {path})", file=sys.stderr)
+        return EXIT_DATA_ERROR
+    finally:
+        for logger, handler in attached:
+            handler.removeFilter(quiet)
+            logger.removeHandler(to_file)
+        to_file.close()
