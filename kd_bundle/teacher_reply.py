@@ -1,0 +1,80 @@
+"""What a teacher request yields: a Completion, or one of the errors below. `read_reply` turns the raw HTTP 200
+body into a Completion only when it is a real chat completion; anything else is a MalformedReply, which the
+client retries like a 5xx and never caches."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+
+class TeacherError(RuntimeError):
+    """The endpoint refused a request for good (bad model name, bad key, bad request): retrying cannot help."""
+
+
+class TeacherUnavailable(TeacherError):
+    """The endpoint kept failing (refused connections, 429, 5xx, time-outs, malformed replies) after every retry."""
+
+
+class TeacherTruncated(TeacherError):
+    """The answer hit max_tokens (finish_reason "length") where a full answer is required. Callers that can record
+    a failure and go on catch it; `completion` holds the cut text (not cached)."""
+
+    def __init__(self, message: str, completion: "Completion"):
+        super().__init__(message)
+        self.completion = completion
+
+
+class MalformedReply(Exception):
+    """An HTTP 200 that is not a usable chat completion; the message is one line, safe to log."""
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    request_key: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str | None
+    from_cache: bool
+    structured: bool = False  # sent with a response_format the endpoint accepted
+
+    @property
+    def truncated(self) -> bool:
+        """The endpoint stopped at max_tokens: the text is a prefix of an answer, not an answer."""
+        return self.finish_reason == "length"
+
+
+def read_reply(body: bytes, content_type: str, key: str) -> Completion:
+    """A Completion from a raw HTTP 200 body, or MalformedReply saying what is wrong with it."""
+    try:
+        payload = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise MalformedReply(f"reply is not JSON (HTTP 200, {content_type or 'no content-type'}): {snippet(body)}") from None
+    choices = payload.get("choices") if isinstance(payload, dict) else None
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise MalformedReply(f"reply has no choices (HTTP 200): {snippet(body)}")
+    choice = choices[0]
+    message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+    text = message.get("content")
+    if not isinstance(text, str) or not text.strip():
+        raise MalformedReply(f"reply has an empty answer (finish_reason {choice.get('finish_reason')!r})")
+    usage = payload.get("usage") if isinstance(payload.get("usage"), dict) else {}
+    return Completion(text, key, _int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens")),
+                      choice.get("finish_reason"), from_cache=False)
+
+
+def snippet(body: bytes | str, limit: int = 80) -> str:
+    """The start of a body on one line, for an error message."""
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    text = re.sub(r"\s+", " ", text).strip()
+    return repr(text[:limit] + ("..." if len(text) > limit else ""))
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
