@@ -51,6 +51,7 @@ class StubOpenAI:
         self.always_fail: int | str | None = None
         self.schemas = IGNORE  # IGNORE answers as text, like llm-katan; HONOUR and REJECT: see schema_answer / 400
         self.response_formats: list[dict | None] = []  # response_format of every POST, in order of arrival
+        self.bodies: list[dict] = []  # every POST body, answered or not
         self.retry_after: str | None = None
         self.hold_after: int | None = None  # hold every request once this many were answered
         self.held = threading.Event()
@@ -67,6 +68,10 @@ class StubOpenAI:
 
     def answered_keys(self, model: str, generation: dict) -> set[str]:
         return {request_key(model, body["messages"], generation) for body in self.answered}
+
+    def distinct_requests(self) -> int:
+        """Distinct requests received (by messages and response_format), however often each was retried."""
+        return len({json.dumps([b["messages"], b.get("response_format")], sort_keys=True) for b in self.bodies})
 
     def __enter__(self) -> "StubOpenAI":
         self._thread.start()
@@ -92,6 +97,7 @@ class StubOpenAI:
                     stub.attempts += 1
                     stub.headers.append({k.lower(): v for k, v in self.headers.items()})
                     stub.response_formats.append(body.get("response_format"))
+                    stub.bodies.append(body)
                     fault = stub.faults.pop(0) if stub.faults else stub.always_fail
                     hold = stub.hold_after is not None and len(stub.answered) >= stub.hold_after
                     stub.inflight += 1
