@@ -31,12 +31,17 @@ IGNORE, HONOUR, REJECT = "ignore", "honour", "reject"  # what the server does wi
 
 
 def schema_answer(schema: dict) -> dict:
-    """The smallest answer a schema-constrained decoder could write: bundle1 with the first minItems products."""
-    bundle = schema["properties"]["bundle1"]
-    if bundle.get("type") == "object":  # the intent form
-        products = bundle["properties"]["products"]
-        return {"bundle1": {"products": products["items"]["enum"][: products["minItems"]], "intent": "device kit"}}
-    return {"bundle1": bundle["items"]["enum"][: bundle["minItems"]]}
+    """The smallest answer a schema-constrained decoder could write: the required keys only, each bundle with the
+    first minItems products, each intent a fixed phrase."""
+    return {key: _value(schema["properties"][key]) for key in schema["required"]}
+
+
+def _value(schema: dict):
+    if schema["type"] == "array":
+        return schema["items"]["enum"][: schema["minItems"]]
+    if schema["type"] == "object":  # the intent form of a bundle
+        return {"products": _value(schema["properties"]["products"]), "intent": "device with accessories"}
+    return "device with accessories"
 
 
 class StubOpenAI:
