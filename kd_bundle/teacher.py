@@ -13,7 +13,8 @@ The library logs with the standard library (logger "kd_bundle.teacher") and neve
 
 This module gathers the public names; each job lives in its own module:
 teacher_config (TeacherConfig, ClientSettings), request_cache (the SQLite cache, usage export), teacher_reply
-(Completion, errors, reading a reply), teacher_client (TeacherClient), teacher_pool (the thread pool), and
+(Completion, errors, reading a reply), teacher_client (TeacherClient), teacher_pool (the thread pool),
+teacher_progress (counters, the progress line), and
 answer_schema (the JSON schema of a bundle answer, for structured output).
 """
 
@@ -21,9 +22,10 @@ from __future__ import annotations
 
 from kd_bundle.answer_schema import bundle_answer_schema, detection_format, intent_format
 from kd_bundle.request_cache import USAGE_COLUMNS, RequestCache, export_usage, request_cache_path, request_key
-from kd_bundle.teacher_client import Progress, TeacherClient, redact_url
+from kd_bundle.teacher_client import TeacherClient
 from kd_bundle.teacher_config import ClientSettings, Message, TeacherConfig, request_timeout_s
-from kd_bundle.teacher_reply import Completion, TeacherError, TeacherTruncated, TeacherUnavailable
+from kd_bundle.teacher_progress import Progress
+from kd_bundle.teacher_reply import Completion, TeacherError, TeacherTruncated, TeacherUnavailable, redact_url
 
 __all__ = [
     "USAGE_COLUMNS", "ClientSettings", "Completion", "Message", "Progress", "RequestCache", "TeacherClient",

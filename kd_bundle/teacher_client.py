@@ -12,13 +12,10 @@ from __future__ import annotations
 import json
 import logging
 import random
-import re
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import polars as pl
 from pydantic import SecretStr
@@ -27,13 +24,20 @@ from kd_bundle.config import settings
 from kd_bundle.request_cache import USAGE_COLUMNS, RequestCache, request_cache_path, request_key
 from kd_bundle.teacher_config import ClientSettings, Message, TeacherConfig, request_timeout_s
 from kd_bundle.teacher_pool import run_in_pool
+from kd_bundle.teacher_progress import Counters, Progress
 from kd_bundle.teacher_reply import (
     Completion,
     MalformedReply,
     TeacherError,
     TeacherTruncated,
     TeacherUnavailable,
+    describe,
+    one_line,
     read_reply,
+    redact_url,
+    rejects_schema,
+    retry_after,
+    retryable_status,
 )
 
 log = logging.getLogger("kd_bundle.teacher")
@@ -43,40 +47,7 @@ R = TypeVar("R")
 
 _PLAIN_ONLY: set[str] = set()  # "endpoint model" pairs that rejected response_format: asked once per process
 _PLAIN_ONLY_LOCK = threading.Lock()
-_SCHEMA_WORDS = re.compile(r"response_format|json_schema|schema|grammar|structured", re.I)
-
-
-@dataclass(frozen=True)
-class Progress:
-    """A snapshot for progress reporting (logs here; a Prefect progress artifact in the task layer)."""
-
-    label: str
-    done: int
-    total: int
-    requests: int
-    sent: int
-    cached: int
-    tokens: int
-    failures: int
-    truncated: int = 0
-
-    def line(self) -> str:
-        return (
-            f"teacher {self.label}: {self.done}/{self.total} done, {self.requests} requests "
-            f"({self.sent} sent, {self.cached} cached), {self.tokens} tokens, {self.failures} failures, "
-            f"{self.truncated} truncated"
-        )
-
-
-@dataclass
-class _Counters:
-    requests: int = 0
-    sent: int = 0
-    cached: int = 0
-    tokens: int = 0
-    failures: int = 0
-    truncated: int = 0
-    keys: dict[str, bool] = field(default_factory=dict)  # request key -> answered from cache in this run
+_CUT = "answer cut at max_tokens (finish_reason 'length')"
 
 
 class _SchemaRejected(Exception):
@@ -106,7 +77,7 @@ class TeacherClient:
         self.cache = RequestCache(cache_path or request_cache_path())
         self.on_progress = on_progress
         self.before_send = before_send  # e.g. EmbeddedTeacher.ensure: start a server only when something is sent
-        self._counters = _Counters()
+        self._counters = Counters()
         self._lock = threading.Lock()
         self._openai: Any = None
         self._last_answer = time.monotonic()
@@ -235,14 +206,14 @@ class TeacherClient:
                 http = raw.http_response
                 completion = read_reply(http.content, http.headers.get("content-type", ""), key)
             except openai.APIStatusError as exc:
-                if "response_format" in generation and exc.status_code in (400, 415, 422, 501) and _SCHEMA_WORDS.search(str(exc)):
+                if "response_format" in generation and rejects_schema(exc.status_code, str(exc)):
                     raise _SchemaRejected(f"HTTP {exc.status_code}: {self._redact(str(exc))[:200]}") from None
-                if not _retryable_status(exc.status_code):
+                if not retryable_status(exc.status_code):
                     raise TeacherError(
                         f"teacher endpoint {self.endpoint} rejected the request for model {self.cfg.model!r} "
-                        f"(HTTP {exc.status_code}): {_one_line(self._redact(str(exc)))[:300]}"
+                        f"(HTTP {exc.status_code}): {one_line(self._redact(str(exc)))[:300]}"
                     ) from None
-                last, delay = exc, self._delay(attempt, _retry_after(exc))
+                last, delay = exc, self._delay(attempt, retry_after(exc))
             except (openai.APIConnectionError, openai.APIResponseValidationError) as exc:
                 last = exc
             except MalformedReply as exc:
@@ -250,19 +221,19 @@ class TeacherClient:
             else:
                 if not (completion.truncated and require_full):
                     return self._store(key, messages, generation, completion, time.monotonic() - started)
-                truncated, last = completion, "answer cut at max_tokens (finish_reason 'length')"
+                truncated, last = completion, _CUT
                 if generation.get("temperature", 0) == 0:
                     break  # greedy decoding repeats the same cut answer: retrying only pays twice
             if attempt + 1 < attempts:
                 delay = self._delay(attempt, None) if delay is None else delay
-                log.warning("teacher %s: %s; retry %d/%d in %.1f s", self.endpoint, self._redact(_describe(last)),
+                log.warning("teacher %s: %s; retry %d/%d in %.1f s", self.endpoint, self._redact(describe(last)),
                             attempt + 1, attempts - 1, delay)
                 time.sleep(delay)
-        if truncated is not None and last == "answer cut at max_tokens (finish_reason 'length')":
+        if truncated is not None and last == _CUT:
             return truncated  # the caller raises TeacherTruncated; nothing cached
         raise TeacherUnavailable(
             f"teacher endpoint {self.endpoint} (model {self.cfg.model!r}) failed {attempts} time(s); last error: "
-            f"{_one_line(self._redact(_describe(last)))}. Answers received so far are cached in {self.cache.path}; "
+            f"{one_line(self._redact(describe(last)))}. Answers received so far are cached in {self.cache.path}; "
             "rerun to resume. Is the server up (`python -m kd_bundle teacher-server start`) and KD_TEACHER_BASE_URL right?"
         )
 
@@ -292,7 +263,7 @@ class TeacherClient:
             _PLAIN_ONLY.add(f"{self.endpoint} {self.cfg.model}")
         if first:
             log.warning("teacher endpoint %s (model %r) does not accept response_format (%s); falling back to plain "
-                        "text + tolerant parser", self.endpoint, self.cfg.model, _one_line(reason))
+                        "text + tolerant parser", self.endpoint, self.cfg.model, one_line(reason))
 
     def _client(self) -> Any:
         with self._lock:
@@ -343,36 +314,3 @@ class TeacherClient:
     def _redact(self, text: str) -> str:
         secret = self._api_key.get_secret_value()
         return text.replace(secret, "***") if secret and len(secret) >= 4 else text
-
-
-def _retryable_status(status: int) -> bool:
-    return status in (408, 409, 425, 429) or status >= 500
-
-
-def _retry_after(exc: Any) -> float | None:
-    try:
-        value = exc.response.headers.get("retry-after")
-        return float(value) if value is not None else None
-    except (AttributeError, TypeError, ValueError):
-        return None
-
-
-def _describe(exc: Exception | str | None) -> str:
-    if isinstance(exc, str):
-        return exc
-    status = getattr(exc, "status_code", None)
-    kind = type(exc).__name__ if exc is not None else "no attempt"
-    return f"{kind} (HTTP {status})" if status is not None else f"{kind}: {exc}"
-
-
-def _one_line(text: str) -> str:
-    return re.sub(r"\s+", " ", text).strip()
-
-
-def redact_url(url: str) -> str:
-    """The base URL without any user:password part, for logs and the usage table."""
-    parts = urlsplit(url)
-    netloc = parts.hostname or ""
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))

@@ -1,6 +1,9 @@
-"""What a teacher request yields: a Completion, or one of the errors below. `read_reply` turns the raw HTTP 200
-body into a Completion only when it is a real chat completion; anything else is a MalformedReply, which the
-client retries like a 5xx and never caches."""
+"""What a teacher request yields: a Completion, or one of the errors below, and how a failure is described.
+
+`read_reply` turns the raw HTTP 200 body into a Completion only when it is a real chat completion; anything else
+is a MalformedReply, which the client retries like a 5xx and never caches. The helpers at the end classify HTTP
+failures and describe them in one line without credentials.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import json
 import re
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 
 class TeacherError(RuntimeError):
@@ -71,6 +75,49 @@ def snippet(body: bytes | str, limit: int = 80) -> str:
     text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
     text = re.sub(r"\s+", " ", text).strip()
     return repr(text[:limit] + ("..." if len(text) > limit else ""))
+
+
+def retryable_status(status: int) -> bool:
+    return status in (408, 409, 425, 429) or status >= 500
+
+
+def rejects_schema(status: int, message: str) -> bool:
+    """An HTTP error about the response_format itself (an endpoint without structured output, or one that cannot
+    compile this schema), as opposed to a bad request of any other kind."""
+    return status in (400, 415, 422, 501) and SCHEMA_WORDS.search(message) is not None
+
+
+SCHEMA_WORDS = re.compile(r"response_format|json_schema|schema|grammar|structured", re.IGNORECASE)
+
+
+def retry_after(exc: Any) -> float | None:
+    try:
+        value = exc.response.headers.get("retry-after")
+        return float(value) if value is not None else None
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
+def describe(exc: Exception | str | None) -> str:
+    """One line for a failed attempt: the malformed-reply text, the HTTP status, or the exception."""
+    if isinstance(exc, str):
+        return exc
+    status = getattr(exc, "status_code", None)
+    kind = type(exc).__name__ if exc is not None else "no attempt"
+    return f"{kind} (HTTP {status})" if status is not None else one_line(f"{kind}: {exc}")
+
+
+def one_line(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def redact_url(url: str) -> str:
+    """The base URL without any user:password part, for logs and the usage table."""
+    parts = urlsplit(url)
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def _int(value: Any) -> int:

@@ -26,8 +26,8 @@ from kd_bundle.teacher import Progress, TeacherClient, TeacherConfig
 from kd_bundle.teacher_server import EmbeddedTeacher
 from tasks.common import teacher_task
 
-_LIBRARY = ("teacher", "teacher_config", "teacher_client", "teacher_reply", "teacher_pool", "request_cache",
-            "answer_schema", "parsing", "prompts")
+_LIBRARY = ("teacher", "teacher_config", "teacher_client", "teacher_reply", "teacher_pool", "teacher_progress",
+            "request_cache", "answer_schema", "parsing", "prompts")
 _NO_TASK_RETRIES = {"retries": 0, "retry_delay_seconds": 0}  # replaces teacher_task's; see the module docstring
 
 

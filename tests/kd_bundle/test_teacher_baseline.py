@@ -6,9 +6,14 @@ import polars as pl
 
 from kd_bundle.metrics import score_predictions
 from kd_bundle.predictions import PREDICTION_COLUMNS
-from kd_bundle.teacher import TeacherClient, TeacherConfig
-from kd_bundle.teacher import RequestCache, request_cache_path
-from kd_bundle.teacher_baseline import KNOWLEDGE_HEADER, TRUNCATED_MARK, TeacherPredictConfig, detect_prompt, predict_bundles
+from kd_bundle.teacher import RequestCache, TeacherClient, TeacherConfig, request_cache_path
+from kd_bundle.teacher_baseline import (
+    KNOWLEDGE_HEADER,
+    TRUNCATED_MARK,
+    TeacherPredictConfig,
+    detect_prompt,
+    predict_bundles,
+)
 from tests.kd_bundle.openai_stub import (  # noqa: F401
     HONOUR,
     REJECT,

@@ -41,8 +41,8 @@ def test_under_prefect_an_always_failing_endpoint_gets_only_the_clients_retries(
 
     monkeypatch.setenv("KD_TEACHER_MAX_RETRIES", "1")
     stub.always_fail = 500
-    frame = load_sessions(DataConfig(domain="electronic", max_train_sessions=1, max_test_sessions=2), settings().data_root)
-    sessions = write_artifact(frame, "sessions")
+    data = DataConfig(domain="electronic", max_train_sessions=1, max_test_sessions=2)
+    sessions = write_artifact(load_sessions(data, settings().data_root), "sessions")
 
     @flow
     def predict(sessions_ref):
