@@ -176,7 +176,8 @@ class TeacherClient:
         key = request_key(self.cfg.model, messages, generation)
         structured = "response_format" in generation
         hit = self.cache.get(key)
-        if hit is not None and not (require_full and hit[1] == "length"):
+        # An empty cached text is a failure an older client stored as an answer: asked again, and replaced.
+        if hit is not None and hit[0] and not (require_full and hit[1] == "length"):
             completion = Completion(hit[0], key, hit[2] or 0, hit[3] or 0, hit[1], from_cache=True, structured=structured)
         else:
             completion = self._send(key, messages, generation, require_full)

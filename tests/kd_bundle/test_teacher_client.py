@@ -375,3 +375,18 @@ def test_a_silent_endpoint_is_named_in_a_warning(stub, monkeypatch, caplog):
         client.map(lambda word: _ask(client, word), ["slow"])
     warnings = [r.getMessage() for r in caplog.records if "no answer for" in r.getMessage()]
     assert warnings and stub.base_url in warnings[0] and "0/1 done" in warnings[0]
+
+
+def test_an_empty_answer_an_older_client_cached_is_asked_again(stub):
+    """Before this fix a 200 without choices was cached as an empty answer, and every rerun repeated the failure."""
+    from kd_bundle.teacher import request_key
+
+    messages = [{"role": "user", "content": "detect"}]
+    cache = RequestCache(request_cache_path())
+    cache.put(request_key(CFG.model, messages, CFG.generation()), {"text": "", "finish_reason": None})
+    cache.close()
+    with TeacherClient(CFG) as client:
+        answer = client.complete(messages)
+        assert not answer.from_cache and "bundle1" in answer.text
+        assert client.complete(messages).from_cache
+    assert stub.attempts == 1
