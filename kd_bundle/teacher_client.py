@@ -14,6 +14,7 @@ import logging
 import random
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -32,6 +33,7 @@ from kd_bundle.teacher_reply import (
     TeacherTruncated,
     TeacherUnavailable,
     describe,
+    is_cut,
     one_line,
     read_reply,
     redact_url,
@@ -47,7 +49,7 @@ R = TypeVar("R")
 
 _PLAIN_ONLY: set[str] = set()  # "endpoint model" pairs that rejected response_format: asked once per process
 _PLAIN_ONLY_LOCK = threading.Lock()
-_CUT = "answer cut at max_tokens (finish_reason 'length')"
+_CUT = "answer cut at max_tokens"
 
 
 class _SchemaRejected(Exception):
@@ -176,16 +178,19 @@ class TeacherClient:
         key = request_key(self.cfg.model, messages, generation)
         structured = "response_format" in generation
         hit = self.cache.get(key)
+        cut = hit is not None and is_cut(hit[1], hit[3] or 0, generation.get("max_tokens"))
         # An empty cached text is a failure an older client stored as an answer: asked again, and replaced.
-        if hit is not None and hit[0] and not (require_full and hit[1] == "length"):
-            completion = Completion(hit[0], key, hit[2] or 0, hit[3] or 0, hit[1], from_cache=True, structured=structured)
+        if hit is not None and hit[0] and not (require_full and cut):
+            completion = Completion(hit[0], key, hit[2] or 0, hit[3] or 0, hit[1], from_cache=True,
+                                    structured=structured, truncated=cut)
         else:
             completion = self._send(key, messages, generation, require_full)
         self._count(completion)
         if completion.truncated and require_full:
             raise TeacherTruncated(
                 f"teacher endpoint {self.endpoint} (model {self.cfg.model!r}) cut the answer at max_tokens="
-                f"{generation.get('max_tokens')} (finish_reason 'length', {completion.completion_tokens} tokens); "
+                f"{generation.get('max_tokens')} (finish_reason {completion.finish_reason!r}, "
+                f"{completion.completion_tokens} tokens); "
                 "not used and not cached", completion)
         return completion
 
@@ -205,7 +210,8 @@ class TeacherClient:
                     **generation,
                 )
                 http = raw.http_response
-                completion = read_reply(http.content, http.headers.get("content-type", ""), key)
+                completion = read_reply(http.content, http.headers.get("content-type", ""), key,
+                                        generation.get("max_tokens"))
             except openai.APIStatusError as exc:
                 if "response_format" in generation and rejects_schema(exc.status_code, str(exc)):
                     raise _SchemaRejected(f"HTTP {exc.status_code}: {self._redact(str(exc))[:200]}") from None
@@ -255,8 +261,7 @@ class TeacherClient:
                 "answered_at": time.time(),
             },
         )
-        return Completion(completion.text, key, completion.prompt_tokens, completion.completion_tokens,
-                          completion.finish_reason, from_cache=False, structured="response_format" in generation)
+        return replace(completion, structured="response_format" in generation)
 
     def _remember_plain_only(self, reason: str) -> None:
         with _PLAIN_ONLY_LOCK:

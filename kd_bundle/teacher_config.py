@@ -31,8 +31,9 @@ class TeacherConfig(BaseModel, frozen=True):
 
 
 def request_timeout_s(max_tokens: int) -> float:
-    """The default per-request time-out: a minute for queueing and prefill plus 0.4 s per token (2.5 tokens/s,
-    below what SmolLM2 writes on 2 busy CPU cores), so 512 tokens give ~4.5 minutes; longer is a hung endpoint."""
+    """The default per-request time-out: a minute for queueing and prefill plus 0.4 s per token, so 512 tokens give
+    ~4.5 minutes; longer is a hung endpoint. 2.5 tokens/s is the slowest teacher measured here: llm-katan serving
+    SmolLM2 wrote 1,024 tokens in 400 s on 2 cores shared with five other jobs (load 10)."""
     return 60.0 + 0.4 * max_tokens
 
 

@@ -23,7 +23,7 @@ class TeacherUnavailable(TeacherError):
 
 
 class TeacherTruncated(TeacherError):
-    """The answer hit max_tokens (finish_reason "length") where a full answer is required. Callers that can record
+    """The answer hit max_tokens where a full answer is required. Callers that can record
     a failure and go on catch it; `completion` holds the cut text (not cached)."""
 
     def __init__(self, message: str, completion: "Completion"):
@@ -44,14 +44,16 @@ class Completion:
     finish_reason: str | None
     from_cache: bool
     structured: bool = False  # sent with a response_format the endpoint accepted
-
-    @property
-    def truncated(self) -> bool:
-        """The endpoint stopped at max_tokens: the text is a prefix of an answer, not an answer."""
-        return self.finish_reason == "length"
+    truncated: bool = False  # stopped at max_tokens: the text is a prefix of an answer, not an answer
 
 
-def read_reply(body: bytes, content_type: str, key: str) -> Completion:
+def is_cut(finish_reason: str | None, completion_tokens: int, max_tokens: int | None) -> bool:
+    """finish_reason "length", or the whole budget spent: llm-katan reports "stop" for an answer it cut at
+    max_tokens (measured: 1024 of 1024 tokens, finish_reason "stop")."""
+    return finish_reason == "length" or (max_tokens is not None and completion_tokens >= max_tokens)
+
+
+def read_reply(body: bytes, content_type: str, key: str, max_tokens: int | None) -> Completion:
     """A Completion from a raw HTTP 200 body, or MalformedReply saying what is wrong with it."""
     try:
         payload = json.loads(body)
@@ -66,8 +68,9 @@ def read_reply(body: bytes, content_type: str, key: str) -> Completion:
     if not isinstance(text, str) or not text.strip():
         raise MalformedReply(f"reply has an empty answer (finish_reason {choice.get('finish_reason')!r})")
     usage = payload.get("usage") if isinstance(payload.get("usage"), dict) else {}
-    return Completion(text, key, _int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens")),
-                      choice.get("finish_reason"), from_cache=False)
+    tokens, finish_reason = _int(usage.get("completion_tokens")), choice.get("finish_reason")
+    return Completion(text, key, _int(usage.get("prompt_tokens")), tokens, finish_reason, from_cache=False,
+                      truncated=is_cut(finish_reason, tokens, max_tokens))
 
 
 def snippet(body: bytes | str, limit: int = 80) -> str:

@@ -102,7 +102,7 @@ def _think(session: dict[str, Any], domain: str, cfg: ThoughtConfig, client: Tea
         thought, error = clean_thought(answer, cfg.min_words, cfg.min_distinct_ratio)
     except TeacherTruncated as cut:  # half a reasoning path is not knowledge; the client counted it as truncated
         answer, thought = cut.completion.text, None
-        error = f"answer cut at max_tokens={cfg.max_tokens or client.cfg.max_tokens} (finish_reason 'length')"
+        error = f"answer cut at max_tokens={cfg.max_tokens or client.cfg.max_tokens}"
     conversation.append({"role": "assistant", "content": answer})
     if error:
         client.note_failure()

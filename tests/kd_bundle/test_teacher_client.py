@@ -351,6 +351,19 @@ def test_a_truncated_detection_raises_is_counted_and_is_not_cached(stub, monkeyp
     assert stub.attempts == 3
 
 
+def test_an_answer_that_spends_the_whole_budget_is_cut_whatever_finish_reason_says(teacher_env, monkeypatch):
+    """llm-katan answers finish_reason "stop" for an answer it cut at max_tokens."""
+    with StubOpenAI(lambda messages: "one two three") as server:  # the stub counts words as tokens
+        monkeypatch.setenv("KD_TEACHER_BASE_URL", server.base_url)
+        with TeacherClient(CFG.model_copy(update={"max_tokens": 3})) as client:
+            cut = client.complete(DETECT)
+            assert cut.truncated and cut.finish_reason == "stop"
+            assert client.complete(DETECT).truncated  # from the cache, still flagged
+            with pytest.raises(TeacherTruncated, match="'stop', 3 tokens"):
+                client.complete(DETECT, require_full=True)
+            assert not client.complete(DETECT, max_tokens=4).truncated
+
+
 def test_the_default_time_out_is_minutes_sized_to_the_answer_budget(stub, monkeypatch):
     assert 60 < request_timeout_s(256) < request_timeout_s(512) <= 300  # minutes, not the old 600 s
     monkeypatch.delenv("KD_TEACHER_TIMEOUT_S")

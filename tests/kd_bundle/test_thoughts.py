@@ -69,7 +69,7 @@ def test_a_thought_cut_at_its_token_budget_is_a_failure_and_is_not_cached(stub, 
         assert client.progress().truncated == 4 and client.progress().failures == 4
     assert {b["max_tokens"] for b in stub.answered} == {300}  # the thought's own budget, not the TeacherConfig's
     assert thoughts["thought"].null_count() == 4 and thoughts["knowledge"].null_count() == 4
-    assert (thoughts["error"] == "answer cut at max_tokens=300 (finish_reason 'length')").all()
+    assert (thoughts["error"] == "answer cut at max_tokens=300").all()
     assert len(RequestCache(request_cache_path())) == 0
     stub.always_fail = None
     with TeacherClient(CFG) as client:  # a rerun asks again and keeps the full thoughts
