@@ -60,7 +60,8 @@ def _distill(args: argparse.Namespace) -> int:
     for kind, ref in refs.items():
         print(f"{kind}: {ref.path()} ({ref.rows} rows)")
     print(f"requests: {progress.requests} ({progress.sent} sent, {progress.cached} from cache), "
-          f"{progress.tokens} tokens, {progress.failures} failures, {time.monotonic() - started:.1f} s")
+          f"{progress.tokens} tokens, {progress.failures} failures, {progress.truncated} cut at max_tokens, "
+          f"{time.monotonic() - started:.1f} s")
     return 0
 
 

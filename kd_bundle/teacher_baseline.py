@@ -1,8 +1,10 @@
 """The teacher row of every results table: the teacher itself detects bundles (and intents) on the test sessions,
 with AICL's prompt alone or with retrieved knowledge in front of it (notes/paper.md section 4, step 6).
 
-Output is a predictions frame (kd_bundle.predictions.PREDICTION_COLUMNS) scored like every other method. An answer
-that cannot be parsed keeps its raw text and null bundles: the metrics count the session as failed.
+Output is a predictions frame (kd_bundle.predictions.PREDICTION_COLUMNS) scored like every other method. Each
+request asks the endpoint for structured output (the session's answer schema, kd_bundle.answer_schema); an endpoint
+that rejects it is asked in plain text and read by the tolerant parser. An answer that cannot be parsed, or that was
+cut at max_tokens, keeps its raw text and null bundles: the metrics count the session as failed.
 """
 
 from __future__ import annotations
@@ -13,16 +15,18 @@ from typing import Any
 import polars as pl
 from pydantic import BaseModel, Field
 
+from kd_bundle.answer_schema import detection_format, intent_format
 from kd_bundle.parsing import parse_bundles, parse_intents
 from kd_bundle.predictions import PREDICTION_COLUMNS, bundles_from_positions
 from kd_bundle.prompts import DETECT_INSTRUCTION, DETECT_WITH_KNOWLEDGE, INTENT_INSTRUCTION, PROMPT_VERSION, format_session
-from kd_bundle.teacher import TeacherClient
+from kd_bundle.teacher import TeacherClient, TeacherTruncated
 
 log = logging.getLogger("kd_bundle.teacher")
 
 TEACHER_PREDICT_PROMPT_VERSION = f"{PROMPT_VERSION}/teacher-predict-v1"
 KNOWLEDGE_HEADER = "Here is some knowledge about how products form bundles:\n{knowledge}\n\n"
 RAW_SEPARATOR = "\n----- intents -----\n"
+TRUNCATED_MARK = "\n----- cut at max_tokens -----"
 
 
 class TeacherPredictConfig(BaseModel, frozen=True, extra="forbid"):
@@ -30,6 +34,9 @@ class TeacherPredictConfig(BaseModel, frozen=True, extra="forbid"):
 
     intents: bool = Field(True, description="Ask AICL's 3-5-word intent turn after the bundles.")
     max_knowledge_blocks: int = Field(3, ge=1, description="Retrieved blocks put in one prompt (best first).")
+    structured_output: bool = Field(
+        True, description="Ask for the answer schema (response_format); False measures the tolerant parser alone."
+    )
     prompt_version: str = Field(TEACHER_PREDICT_PROMPT_VERSION, description="Bump when a prompt changes.")
 
 
@@ -66,19 +73,30 @@ def detect_prompt(titles: list[str], knowledge_blocks: list[str]) -> str:
 
 
 def _predict(session: dict[str, Any], blocks: list[str], cfg: TeacherPredictConfig, client: TeacherClient) -> dict[str, Any]:
+    n_items = len(session["item_ids"])
     conversation = [{"role": "user", "content": detect_prompt(session["titles"], blocks)}]
-    answer = client.complete(list(conversation)).text
-    parsed = parse_bundles(answer, len(session["item_ids"]))
-    raw, intents = answer, parsed.intents
-    if parsed.bundles is None:
+    schema = detection_format(n_items) if cfg.structured_output and n_items >= 2 else None
+    answer, complete = _ask(client, conversation, schema)
+    parsed = parse_bundles(answer, n_items) if complete else None
+    raw, intents = answer if complete else answer + TRUNCATED_MARK, parsed.intents if parsed else None
+    if parsed is None or parsed.bundles is None:
         client.note_failure()
     elif cfg.intents:
         conversation += [{"role": "assistant", "content": answer}, {"role": "user", "content": INTENT_INSTRUCTION}]
-        intent_answer = client.complete(conversation).text
-        raw += RAW_SEPARATOR + intent_answer
-        intents = parse_intents(intent_answer) or intents
-    bundles = None if parsed.bundles is None else bundles_from_positions(parsed.bundles, session["item_ids"])
+        intent_format_ = intent_format(len(parsed.bundles)) if cfg.structured_output else None
+        intent_answer, intent_complete = _ask(client, conversation, intent_format_)
+        raw += RAW_SEPARATOR + (intent_answer if intent_complete else intent_answer + TRUNCATED_MARK)
+        intents = (parse_intents(intent_answer) if intent_complete else None) or intents
+    bundles = None if parsed is None or parsed.bundles is None else bundles_from_positions(parsed.bundles, session["item_ids"])
     return {"session_id": session["session_id"], "bundles": bundles, "intents": intents, "raw": raw}
+
+
+def _ask(client: TeacherClient, conversation: list[dict[str, str]], response_format: dict[str, Any] | None) -> tuple[str, bool]:
+    """(answer, complete): an answer cut at max_tokens is kept for the raw column but never parsed as knowledge."""
+    try:
+        return client.complete(list(conversation), response_format=response_format, require_full=True).text, True
+    except TeacherTruncated as cut:
+        return cut.completion.text, False
 
 
 def _knowledge_blocks(knowledge: pl.DataFrame | None) -> dict[int, list[str]]:

@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 from kd_bundle.prompts import BUNDLE_DEFINITION, PROMPT_VERSION, bundle_positions, format_bundles, format_intents, format_session
 from kd_bundle.retrieval import demonstration_text
 from kd_bundle.rules import CONVERSATION, training_sessions
-from kd_bundle.teacher import TeacherClient
+from kd_bundle.teacher import TeacherClient, TeacherTruncated
 
 log = logging.getLogger("kd_bundle.teacher")
 
@@ -53,6 +53,11 @@ class ThoughtConfig(BaseModel, frozen=True, extra="forbid"):
     min_words: int = Field(15, ge=1, description="A shorter answer is not a reasoning path; it is recorded as failed.")
     min_distinct_ratio: float = Field(
         0.3, ge=0, le=1, description="Distinct/total words below this is a degenerate loop (small teachers repeat)."
+    )
+    max_tokens: int | None = Field(
+        768, ge=1, le=32768,
+        description="Budget of one thought (None: the TeacherConfig's). Step 1 describes every product (up to 10), "
+                    "so a full thought runs to 300-600 tokens; one cut at the budget is a recorded failure.",
     )
     prompt_version: str = Field(THOUGHTS_PROMPT_VERSION, description="Bump when the prompt changes.")
 
@@ -92,9 +97,13 @@ def clean_thought(text: str, min_words: int, min_distinct_ratio: float = 0.0) ->
 def _think(session: dict[str, Any], domain: str, cfg: ThoughtConfig, client: TeacherClient) -> dict[str, Any]:
     positions = bundle_positions(session["bundles"], session["item_ids"])
     conversation = [{"role": "user", "content": thought_prompt(session["titles"], positions, session["intents"])}]
-    answer = client.complete(list(conversation)).text
+    try:
+        answer = client.complete(list(conversation), max_tokens=cfg.max_tokens, require_full=True).text
+        thought, error = clean_thought(answer, cfg.min_words, cfg.min_distinct_ratio)
+    except TeacherTruncated as cut:  # half a reasoning path is not knowledge; the client counted it as truncated
+        answer, thought = cut.completion.text, None
+        error = f"answer cut at max_tokens={cfg.max_tokens or client.cfg.max_tokens}"
     conversation.append({"role": "assistant", "content": answer})
-    thought, error = clean_thought(answer, cfg.min_words, cfg.min_distinct_ratio)
     if error:
         client.note_failure()
     return {

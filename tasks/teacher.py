@@ -5,7 +5,10 @@ TeacherConfig (model + generation settings), and the source of the library modul
 the API key are read from the environment inside the task, so they are never an input, a parameter or a key.
 Below the task cache sits the request cache (kd_bundle.teacher): a task recomputed after an edit or a crash pays
 only for requests never answered. A loopback endpoint for "smollm2" with nothing listening gets the embedded
-llm-katan server, started at the first request not already cached and stopped when the task ends.
+server, started at the first request not already cached and stopped when the task ends.
+
+The client's retries are the only retry layer (bounded, logged, a clear final error): these tasks run with
+`retries=0`, so an endpoint that always fails gets (max_retries + 1) tries per distinct request, not a multiple.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ from kd_bundle.teacher import Progress, TeacherClient, TeacherConfig
 from kd_bundle.teacher_server import EmbeddedTeacher
 from tasks.common import teacher_task
 
-_LIBRARY = ("teacher", "parsing", "prompts")
+_LIBRARY = ("teacher", "teacher_config", "teacher_client", "teacher_reply", "teacher_pool", "teacher_progress",
+            "request_cache", "answer_schema", "parsing", "prompts")
+_NO_TASK_RETRIES = {"retries": 0, "retry_delay_seconds": 0}  # replaces teacher_task's; see the module docstring
 
 
 class RuleArtifacts(BaseModel, frozen=True):
@@ -43,7 +48,7 @@ class TeacherPredictions(BaseModel, frozen=True):
     tokens: int  # prompt + completion tokens behind these predictions (results.RESULT_SCHEMA teacher_tokens)
 
 
-@teacher_task(*_LIBRARY, "rules", "reflection", task_run_name="distill-rules-{domain}")
+@teacher_task(*_LIBRARY, "rules", "reflection", task_run_name="distill-rules-{domain}", **_NO_TASK_RETRIES)
 def distill_rules(sessions: ArtifactRef, domain: str, cfg: rules.RuleConfig, teacher: TeacherConfig) -> RuleArtifacts:
     with _teacher(teacher, f"rules-{domain}") as client:
         session_rules, consolidated = rules.distill_rules(read_artifact(sessions), domain, cfg, client)
@@ -52,7 +57,7 @@ def distill_rules(sessions: ArtifactRef, domain: str, cfg: rules.RuleConfig, tea
                          rules=write_artifact(consolidated, "rules"), usage=usage)
 
 
-@teacher_task(*_LIBRARY, "thoughts", "retrieval", task_run_name="distill-thoughts-{domain}")
+@teacher_task(*_LIBRARY, "thoughts", "retrieval", task_run_name="distill-thoughts-{domain}", **_NO_TASK_RETRIES)
 def distill_thoughts(sessions: ArtifactRef, domain: str, cfg: thoughts.ThoughtConfig, teacher: TeacherConfig) -> ThoughtArtifacts:
     with _teacher(teacher, f"thoughts-{domain}") as client:
         frame = thoughts.distill_thoughts(read_artifact(sessions), domain, cfg, client)
@@ -60,7 +65,8 @@ def distill_thoughts(sessions: ArtifactRef, domain: str, cfg: thoughts.ThoughtCo
     return ThoughtArtifacts(thoughts=write_artifact(frame, "thoughts"), usage=usage)
 
 
-@teacher_task(*_LIBRARY, "teacher_baseline", "predictions", "sessions", task_run_name="teacher-predict-{split}")
+@teacher_task(*_LIBRARY, "teacher_baseline", "predictions", "sessions", task_run_name="teacher-predict-{split}",
+              **_NO_TASK_RETRIES)
 def teacher_predict(sessions: ArtifactRef, cfg: teacher_baseline.TeacherPredictConfig, teacher: TeacherConfig,
                     knowledge: ArtifactRef | None = None, split: str = "test") -> TeacherPredictions:
     """`knowledge`: retrieval's RETRIEVED_COLUMNS (or session_id + knowledge), already narrowed to the formats wanted."""

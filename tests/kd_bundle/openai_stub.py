@@ -1,8 +1,10 @@
 """A real OpenAI-compatible HTTP server on 127.0.0.1 for teacher tests: scripted answers, scripted faults.
 
 It speaks HTTP over a socket, so the `openai` client under test runs unmodified. It counts every request it
-receives, can fail the next requests with a status or a dropped connection, and can hold requests after N
-answers (so a test can kill the client mid-run at a known point).
+receives, can fail the next requests with a status, a dropped connection or a malformed HTTP 200 (an HTML page,
+JSON without choices, an empty answer, an answer cut off at max_tokens), can hold requests after N answers (so a
+test can kill the client mid-run at a known point), and can honour or reject `response_format` json_schema
+requests the way llama.cpp's server and an older endpoint do.
 """
 
 from __future__ import annotations
@@ -13,12 +15,33 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
+import jsonschema
 import pytest
 
 from kd_bundle.teacher import request_key
 
 Responder = Callable[[list[dict[str, str]]], str]
 DROP = "drop"  # fault: close the connection without an answer
+HTML = "html"  # fault: HTTP 200 with a login page (a proxy, a wrong URL)
+NO_CHOICES = "no-choices"  # fault: HTTP 200, JSON without `choices`
+EMPTY = "empty"  # fault: HTTP 200, a choice whose content is empty
+TRUNCATED = "length"  # fault: HTTP 200, the scripted answer cut in half, finish_reason "length"
+MALFORMED = (HTML, NO_CHOICES, EMPTY, TRUNCATED)
+IGNORE, HONOUR, REJECT = "ignore", "honour", "reject"  # what the server does with a json_schema response_format
+
+
+def schema_answer(schema: dict) -> dict:
+    """The smallest answer a schema-constrained decoder could write: the required keys only, each bundle with the
+    first minItems products, each intent a fixed phrase."""
+    return {key: _value(schema["properties"][key]) for key in schema["required"]}
+
+
+def _value(schema: dict):
+    if schema["type"] == "array":
+        return schema["items"]["enum"][: schema["minItems"]]
+    if schema["type"] == "object":  # the intent form of a bundle
+        return {"products": _value(schema["properties"]["products"]), "intent": "device with accessories"}
+    return "device with accessories"
 
 
 class StubOpenAI:
@@ -30,7 +53,10 @@ class StubOpenAI:
         self.answered: list[dict] = []  # request bodies answered with 200
         self.headers: list[dict[str, str]] = []
         self.faults: list[int | str] = []  # consumed one per request, in order
-        self.always_fail: int | None = None
+        self.always_fail: int | str | None = None
+        self.schemas = IGNORE  # IGNORE answers as text, like llm-katan; HONOUR and REJECT: see schema_answer / 400
+        self.response_formats: list[dict | None] = []  # response_format of every POST, in order of arrival
+        self.bodies: list[dict] = []  # every POST body, answered or not
         self.retry_after: str | None = None
         self.hold_after: int | None = None  # hold every request once this many were answered
         self.held = threading.Event()
@@ -47,6 +73,10 @@ class StubOpenAI:
 
     def answered_keys(self, model: str, generation: dict) -> set[str]:
         return {request_key(model, body["messages"], generation) for body in self.answered}
+
+    def distinct_requests(self) -> int:
+        """Distinct requests received (by messages and response_format), however often each was retried."""
+        return len({json.dumps([b["messages"], b.get("response_format")], sort_keys=True) for b in self.bodies})
 
     def __enter__(self) -> "StubOpenAI":
         self._thread.start()
@@ -71,6 +101,8 @@ class StubOpenAI:
                 with stub.lock:
                     stub.attempts += 1
                     stub.headers.append({k.lower(): v for k, v in self.headers.items()})
+                    stub.response_formats.append(body.get("response_format"))
+                    stub.bodies.append(body)
                     fault = stub.faults.pop(0) if stub.faults else stub.always_fail
                     hold = stub.hold_after is not None and len(stub.answered) >= stub.hold_after
                     stub.inflight += 1
@@ -84,21 +116,48 @@ class StubOpenAI:
                     if fault == DROP:
                         self.close_connection = True
                         return
-                    if fault is not None:
+                    if fault == HTML:
+                        self._send(200, "text/html", b"<html><head><title>Sign in</title></head>\n<body>Log in</body></html>")
+                        return
+                    if fault == NO_CHOICES:
+                        self._json(200, {"id": "x", "object": "chat.completion", "usage": {"prompt_tokens": 1}})
+                        return
+                    if fault is not None and fault not in MALFORMED:
                         self._json(int(fault), {"error": {"message": f"scripted {fault}", "type": "server_error"}})
                         return
                     if self.path.rstrip("/") != "/v1/chat/completions":
                         self._json(404, {"error": {"message": f"no route {self.path}"}})
                         return
+                    requested = body.get("response_format") or {}
+                    if stub.schemas == REJECT and requested:
+                        self._json(400, {"error": {"message": "'response_format' of type 'json_schema' is not supported",
+                                                   "type": "invalid_request_error", "param": "response_format"}})
+                        return
                     time.sleep(stub.latency_s)
-                    text = stub.responder(body["messages"])
+                    if stub.schemas == HONOUR and requested.get("type") == "json_schema":
+                        schema = requested["json_schema"]["schema"]
+                        try:  # what llama.cpp and vLLM do: refuse a schema they cannot compile
+                            jsonschema.Draft202012Validator.check_schema(schema)
+                            answer = schema_answer(schema)
+                            jsonschema.validate(answer, schema)
+                        except (jsonschema.SchemaError, jsonschema.ValidationError, KeyError) as exc:
+                            self._json(400, {"error": {"message": f"invalid json_schema: {exc}"[:300]}})
+                            return
+                        text = json.dumps(answer)
+                    else:
+                        text = stub.responder(body["messages"])
+                    finish_reason = "stop"
+                    if fault == EMPTY:
+                        text = ""
+                    elif fault == TRUNCATED:
+                        text, finish_reason = text[: len(text) // 2], "length"
                     with stub.lock:
                         stub.answered.append(body)
                     prompt_tokens = sum(len(m["content"].split()) for m in body["messages"])
                     self._json(200, {
                         "id": f"chatcmpl-{stub.attempts}", "object": "chat.completion", "created": int(time.time()),
                         "model": body.get("model"),
-                        "choices": [{"index": 0, "finish_reason": "stop",
+                        "choices": [{"index": 0, "finish_reason": finish_reason,
                                      "message": {"role": "assistant", "content": text}}],
                         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(text.split()),
                                   "total_tokens": prompt_tokens + len(text.split())},
@@ -108,9 +167,11 @@ class StubOpenAI:
                         stub.inflight -= 1
 
             def _json(self, status: int, payload: dict) -> None:
-                data = json.dumps(payload).encode()
+                self._send(status, "application/json", json.dumps(payload).encode())
+
+            def _send(self, status: int, content_type: str, data: bytes) -> None:
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(data)))
                 if status == 429 and stub.retry_after is not None:
                     self.send_header("Retry-After", stub.retry_after)

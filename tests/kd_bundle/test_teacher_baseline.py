@@ -6,9 +6,24 @@ import polars as pl
 
 from kd_bundle.metrics import score_predictions
 from kd_bundle.predictions import PREDICTION_COLUMNS
-from kd_bundle.teacher import TeacherClient, TeacherConfig
-from kd_bundle.teacher_baseline import KNOWLEDGE_HEADER, TeacherPredictConfig, detect_prompt, predict_bundles
-from tests.kd_bundle.openai_stub import StubOpenAI, electronic_sessions, stub, teacher_env  # noqa: F401
+from kd_bundle.teacher import RequestCache, TeacherClient, TeacherConfig, request_cache_path
+from kd_bundle.teacher_baseline import (
+    KNOWLEDGE_HEADER,
+    TRUNCATED_MARK,
+    TeacherPredictConfig,
+    detect_prompt,
+    predict_bundles,
+)
+from tests.kd_bundle.openai_stub import (  # noqa: F401
+    HONOUR,
+    REJECT,
+    TRUNCATED,
+    StubOpenAI,
+    bundle_teacher,
+    electronic_sessions,
+    stub,
+    teacher_env,
+)
 
 CFG = TeacherConfig(model="stub-teacher", max_tokens=64)
 
@@ -57,3 +72,43 @@ def test_unparsable_answers_keep_their_raw_text_and_count_as_failed(teacher_env,
     assert predictions["bundles"].null_count() == test.height
     assert predictions["raw"].to_list() == ["I cannot see any bundle here, sorry"] * test.height
     assert score_predictions(predictions, test)["n_failed"] == test.height
+
+
+def test_every_detection_asks_for_its_sessions_schema_and_the_schema_answers_are_scored(stub, electronic_sessions):
+    stub.schemas = HONOUR
+    test = electronic_sessions.filter(pl.col("split") == "test")
+    with TeacherClient(CFG) as client:
+        predictions = predict_bundles(test, TeacherPredictConfig(), client)
+    detections = [b for b in stub.answered if b.get("response_format", {}).get("json_schema", {}).get("name") == "bundles"]
+    assert len(detections) == test.height == len(stub.answered) // 2  # + one intents turn each, also structured
+    sizes = {len(b["response_format"]["json_schema"]["schema"]["properties"]["bundle1"]["items"]["enum"])
+             for b in detections}
+    assert sizes == set(test["item_ids"].list.len().to_list())  # each session's own product names
+    assert all(b["response_format"]["json_schema"]["name"] == "intents" for b in stub.answered if b not in detections)
+    assert predictions["bundles"].to_list() == [[ids[:2]] for ids in test["item_ids"].to_list()]
+    assert score_predictions(predictions, test)["n_failed"] == 0
+
+
+def test_an_endpoint_that_rejects_schemas_still_yields_parsed_predictions(teacher_env, electronic_sessions, monkeypatch,
+                                                                          caplog):
+    test = electronic_sessions.filter(pl.col("split") == "test")
+    with StubOpenAI(bundle_teacher) as server:
+        server.schemas = REJECT
+        monkeypatch.setenv("KD_TEACHER_BASE_URL", server.base_url)
+        with TeacherClient(CFG) as client:
+            predictions = predict_bundles(test, TeacherPredictConfig(), client)
+    assert score_predictions(predictions, test)["n_failed"] == 0
+    assert predictions["intents"].to_list() == [["device with accessories"]] * test.height
+    assert sum(f is not None for f in server.response_formats) <= 2  # found out once (2 threads may both ask)
+    assert caplog.text.count("does not accept response_format") == 1
+
+
+def test_a_detection_cut_at_max_tokens_is_a_failed_session_never_cached(stub, electronic_sessions):
+    stub.always_fail = TRUNCATED
+    test = electronic_sessions.filter(pl.col("split") == "test")
+    with TeacherClient(CFG) as client:
+        predictions = predict_bundles(test, TeacherPredictConfig(), client)
+        assert client.progress().truncated == test.height and client.progress().failures == test.height
+    assert predictions["bundles"].null_count() == test.height
+    assert all(raw.endswith(TRUNCATED_MARK) for raw in predictions["raw"])
+    assert len(RequestCache(request_cache_path())) == 0

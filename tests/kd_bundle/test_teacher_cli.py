@@ -7,7 +7,7 @@ import socket
 import pytest
 
 from kd_bundle.__main__ import main
-from tests.kd_bundle.openai_stub import electronic_sessions, stub, teacher_env  # noqa: F401
+from tests.kd_bundle.openai_stub import HTML, SECRET_KEY, electronic_sessions, stub, teacher_env  # noqa: F401
 
 
 def test_distill_commands_run_and_a_rerun_sends_nothing(stub, capsys):
@@ -53,3 +53,20 @@ def test_real_smollm2_teacher_through_the_embedded_server(teacher_env, electroni
         assert client.progress().sent >= 2
     assert not is_listening("127.0.0.1", port)
     assert session_rules.height == 1 and session_rules["summary"][0]  # weak knowledge, real path
+
+
+def test_distill_against_a_login_page_fails_in_one_line_naming_the_endpoint(stub, monkeypatch, capsys):
+    """A proxy or a wrong URL answers HTTP 200 with HTML: retried, then one line, exit 2, nothing cached."""
+    monkeypatch.setenv("KD_TEACHER_MAX_RETRIES", "1")
+    stub.always_fail = HTML
+    args = ["--domain", "electronic", "--max-train-sessions", "2", "--model", "stub-teacher", "--no-server",
+            "--concurrency", "1"]
+    assert main(["distill", "rules", *args]) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert len(lines) == 1 and stub.base_url in lines[0] and "not JSON" in lines[0] and "text/html" in lines[0]
+    assert "Traceback" not in err and SECRET_KEY not in err
+    assert stub.attempts == 2  # the first request, retried once; nothing after it was sent
+    stub.always_fail = None
+    assert main(["distill", "rules", *args]) == 0  # the endpoint is fixed: nothing was cached, everything is sent
+    assert len(stub.answered) == stub.attempts - 2 > 0

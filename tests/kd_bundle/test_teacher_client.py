@@ -13,19 +13,29 @@ import textwrap
 import polars as pl
 import pytest
 
+from kd_bundle.parsing import parse_bundles
 from kd_bundle.teacher import (
     ClientSettings,
     RequestCache,
     TeacherClient,
     TeacherConfig,
     TeacherError,
+    TeacherTruncated,
     TeacherUnavailable,
+    detection_format,
     export_usage,
     request_cache_path,
+    request_timeout_s,
 )
 from tests.kd_bundle.openai_stub import (  # noqa: F401  (fixtures are used by name)
     DROP,
+    EMPTY,
+    HONOUR,
+    HTML,
+    NO_CHOICES,
+    REJECT,
     SECRET_KEY,
+    TRUNCATED,
     StubOpenAI,
     electronic_sessions,
     stub,
@@ -235,3 +245,161 @@ def test_map_stops_on_the_first_error_and_keeps_what_was_answered(stub, monkeypa
             client.map(ask, ["a", "b", "c", "d"])
         assert stub.attempts == 2  # "c" and "d" never started
         assert client.complete([{"role": "user", "content": "a"}]).from_cache
+
+
+# ---- structured output (issue 9) -------------------------------------------------------------------------------
+DETECT = [{"role": "user", "content": "A bundle can be ... detect bundles"}]
+
+
+def test_a_schema_honouring_endpoint_receives_the_schema_and_its_answer_parses(stub):
+    stub.schemas = HONOUR
+    with TeacherClient(CFG) as client:
+        completion = client.complete(DETECT, response_format=detection_format(6))
+    sent = stub.response_formats[0]
+    assert sent["type"] == "json_schema" and sent["json_schema"]["strict"] is True
+    enum = sent["json_schema"]["schema"]["properties"]["bundle1"]["items"]["enum"]
+    assert enum == [f"product{p}" for p in range(1, 7)]
+    assert completion.structured and not completion.truncated
+    assert parse_bundles(completion.text, 6).bundles == [[1, 2]]
+
+
+def test_response_format_is_part_of_the_cache_key(stub):
+    stub.schemas = HONOUR
+    with TeacherClient(CFG) as client:
+        plain = client.complete(DETECT)
+        six = client.complete(DETECT, response_format=detection_format(6))
+        four = client.complete(DETECT, response_format=detection_format(4))
+        again = client.complete(DETECT, response_format=detection_format(6))
+    assert not plain.from_cache and not six.from_cache and not four.from_cache and again.from_cache
+    assert len({plain.request_key, six.request_key, four.request_key}) == 3 and again.request_key == six.request_key
+    assert stub.attempts == 3
+
+
+def test_an_endpoint_that_rejects_schemas_is_asked_once_then_in_plain_text(teacher_env, monkeypatch, caplog):
+    with StubOpenAI(lambda messages: "{'bundle1': ['product1', 'product3']}") as server:
+        server.schemas = REJECT
+        monkeypatch.setenv("KD_TEACHER_BASE_URL", server.base_url)
+        with TeacherClient(CFG) as client:
+            answers = client.map(
+                lambda n: client.complete([{"role": "user", "content": f"detect {n}"}], response_format=detection_format(4)),
+                list(range(5)))
+            assert not client.accepts_response_format()
+        with TeacherClient(CFG) as another:  # a second client (a second task) does not ask again
+            another.complete([{"role": "user", "content": "detect 9"}], response_format=detection_format(4))
+    assert all(parse_bundles(a.text, 4).bundles == [[1, 3]] and not a.structured for a in answers)
+    rejected = [f for f in server.response_formats if f is not None]
+    assert 1 <= len(rejected) <= 2  # the first request (and one already in flight on the 2nd thread) asked
+    assert server.attempts == 6 + len(rejected) and len(server.answered) == 6
+    warnings = [r.getMessage() for r in caplog.records if "does not accept response_format" in r.getMessage()]
+    assert len(warnings) == 1 and server.base_url in warnings[0] and "falling back to plain text" in warnings[0]
+
+
+def test_a_fallback_answer_is_cached_under_the_plain_request(teacher_env, monkeypatch):
+    with StubOpenAI(lambda messages: "{'bundle1': ['product1', 'product2']}") as server:
+        server.schemas = REJECT
+        monkeypatch.setenv("KD_TEACHER_BASE_URL", server.base_url)
+        with TeacherClient(CFG) as client:
+            first = client.complete(DETECT, response_format=detection_format(3))
+            assert client.complete(DETECT).request_key == first.request_key  # the plain request: a cache hit
+        assert len(server.answered) == 1
+
+
+# ---- malformed success replies and truncation (issue 12) ---------------------------------------------------------
+@pytest.mark.parametrize("fault, says", [(HTML, "not JSON (HTTP 200, text/html)"), (NO_CHOICES, "no choices"),
+                                         (EMPTY, "empty answer")])
+def test_a_malformed_success_reply_is_retried_then_one_line_and_never_cached(stub, monkeypatch, fault, says):
+    monkeypatch.setenv("KD_TEACHER_MAX_RETRIES", "2")
+    stub.always_fail = fault
+    with TeacherClient(CFG) as client, pytest.raises(TeacherUnavailable) as raised:
+        _ask(client, "detect")
+    message = str(raised.value)
+    assert says in message and stub.base_url in message and "\n" not in message and SECRET_KEY not in message
+    assert stub.attempts == 3
+    assert len(RequestCache(request_cache_path())) == 0
+    stub.always_fail = None  # the endpoint is fixed: the rerun sends the request and gets the answer
+    with TeacherClient(CFG) as client:
+        again = client.complete([{"role": "user", "content": "detect"}])
+    assert not again.from_cache and "bundle1" in again.text and stub.attempts == 4
+
+
+def test_a_malformed_reply_between_good_ones_costs_one_retry(stub):
+    stub.faults = [HTML, NO_CHOICES, EMPTY]
+    with TeacherClient(CFG) as client:
+        assert "bundle1" in _ask(client, "detect")
+    assert stub.attempts == 4 and len(stub.answered) == 2  # EMPTY is an HTTP 200 the stub counts as answered
+
+
+def test_a_truncated_answer_is_recorded_and_returned_only_where_a_cut_answer_is_acceptable(stub):
+    stub.faults = [TRUNCATED]
+    with TeacherClient(CFG) as client:
+        cut = client.complete([{"role": "user", "content": "summarise"}])
+        assert cut.truncated and cut.finish_reason == "length" and client.progress().truncated == 1
+    assert len(RequestCache(request_cache_path())) == 1  # a caller that accepts a cut answer gets it cached, flagged
+
+
+def test_a_truncated_detection_raises_is_counted_and_is_not_cached(stub, monkeypatch):
+    monkeypatch.setenv("KD_TEACHER_MAX_RETRIES", "3")
+    stub.faults = [TRUNCATED]
+    with TeacherClient(CFG) as client:  # greedy: the same cut answer again would only pay twice
+        with pytest.raises(TeacherTruncated, match=f"{stub.base_url}.*max_tokens=64") as raised:
+            client.complete(DETECT, require_full=True)
+        assert raised.value.completion.truncated and client.progress().truncated == 1
+    assert stub.attempts == 1 and len(RequestCache(request_cache_path())) == 0
+    with TeacherClient(CFG.model_copy(update={"temperature": 0.7})) as sampling:  # sampling: another try may finish
+        stub.faults = [TRUNCATED]
+        assert not sampling.complete(DETECT, require_full=True).truncated
+    assert stub.attempts == 3
+
+
+def test_an_answer_that_spends_the_whole_budget_is_cut_whatever_finish_reason_says(teacher_env, monkeypatch):
+    """llm-katan answers finish_reason "stop" for an answer it cut at max_tokens."""
+    with StubOpenAI(lambda messages: "one two three") as server:  # the stub counts words as tokens
+        monkeypatch.setenv("KD_TEACHER_BASE_URL", server.base_url)
+        with TeacherClient(CFG.model_copy(update={"max_tokens": 3})) as client:
+            cut = client.complete(DETECT)
+            assert cut.truncated and cut.finish_reason == "stop"
+            assert client.complete(DETECT).truncated  # from the cache, still flagged
+            with pytest.raises(TeacherTruncated, match="'stop', 3 tokens"):
+                client.complete(DETECT, require_full=True)
+            assert not client.complete(DETECT, max_tokens=4).truncated
+
+
+def test_the_default_time_out_is_minutes_sized_to_the_answer_budget(stub, monkeypatch):
+    assert 60 < request_timeout_s(256) < request_timeout_s(512) <= 300  # minutes, not the old 600 s
+    monkeypatch.delenv("KD_TEACHER_TIMEOUT_S")
+    assert ClientSettings().timeout_s is None
+    with TeacherClient(CFG) as client:
+        assert client._client().timeout == request_timeout_s(CFG.max_tokens)
+
+
+def test_a_hung_request_times_out_and_is_retried(stub, monkeypatch):
+    monkeypatch.setenv("KD_TEACHER_TIMEOUT_S", "0.3")
+    monkeypatch.setenv("KD_TEACHER_MAX_RETRIES", "1")
+    stub.latency_s = 1.0
+    with TeacherClient(CFG) as client, pytest.raises(TeacherUnavailable, match=f"{stub.base_url}.*APITimeoutError"):
+        _ask(client, "x")
+    assert stub.attempts == 2
+
+
+def test_a_silent_endpoint_is_named_in_a_warning(stub, monkeypatch, caplog):
+    monkeypatch.setenv("KD_TEACHER_STALL_WARNING_S", "1")
+    stub.latency_s = 2.5
+    with TeacherClient(CFG, ClientSettings(max_concurrency=1)) as client:
+        client.map(lambda word: _ask(client, word), ["slow"])
+    warnings = [r.getMessage() for r in caplog.records if "no answer for" in r.getMessage()]
+    assert warnings and stub.base_url in warnings[0] and "0/1 done" in warnings[0]
+
+
+def test_an_empty_answer_an_older_client_cached_is_asked_again(stub):
+    """Before this fix a 200 without choices was cached as an empty answer, and every rerun repeated the failure."""
+    from kd_bundle.teacher import request_key
+
+    messages = [{"role": "user", "content": "detect"}]
+    cache = RequestCache(request_cache_path())
+    cache.put(request_key(CFG.model, messages, CFG.generation()), {"text": "", "finish_reason": None})
+    cache.close()
+    with TeacherClient(CFG) as client:
+        answer = client.complete(messages)
+        assert not answer.from_cache and "bundle1" in answer.text
+        assert client.complete(messages).from_cache
+    assert stub.attempts == 1

@@ -8,7 +8,8 @@ from kd_bundle.parsing import parse_bundles
 from kd_bundle.prompts import bundle_positions
 from kd_bundle.teacher import TeacherClient, TeacherConfig
 from kd_bundle.thoughts import THOUGHT_COLUMNS, ThoughtConfig, clean_thought, distill_thoughts, thought_prompt
-from tests.kd_bundle.openai_stub import StubOpenAI, electronic_sessions, stub, teacher_env  # noqa: F401
+from kd_bundle.teacher import RequestCache, request_cache_path
+from tests.kd_bundle.openai_stub import TRUNCATED, StubOpenAI, electronic_sessions, stub, teacher_env  # noqa: F401
 
 CFG = TeacherConfig(model="stub-teacher", max_tokens=128)
 
@@ -59,3 +60,17 @@ def test_a_garbage_thought_is_a_recorded_failure_with_its_raw_text(teacher_env, 
     assert thoughts["thought"].null_count() == 4 and thoughts["knowledge"].null_count() == 4
     assert thoughts["error"].str.starts_with("answer has").all()
     assert {c[1]["content"] for c in thoughts["conversation"].to_list()} == {"{'bundle1': ['product1']}"}
+
+
+def test_a_thought_cut_at_its_token_budget_is_a_failure_and_is_not_cached(stub, electronic_sessions):
+    stub.always_fail = TRUNCATED
+    with TeacherClient(CFG) as client:
+        thoughts = distill_thoughts(electronic_sessions, "electronic", ThoughtConfig(max_tokens=300), client)
+        assert client.progress().truncated == 4 and client.progress().failures == 4
+    assert {b["max_tokens"] for b in stub.answered} == {300}  # the thought's own budget, not the TeacherConfig's
+    assert thoughts["thought"].null_count() == 4 and thoughts["knowledge"].null_count() == 4
+    assert (thoughts["error"] == "answer cut at max_tokens=300").all()
+    assert len(RequestCache(request_cache_path())) == 0
+    stub.always_fail = None
+    with TeacherClient(CFG) as client:  # a rerun asks again and keeps the full thoughts
+        assert distill_thoughts(electronic_sessions, "electronic", ThoughtConfig(max_tokens=300), client)["error"].null_count() == 4

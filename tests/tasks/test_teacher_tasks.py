@@ -31,3 +31,26 @@ def test_teacher_tasks_write_refs_and_rerun_for_free(stub):
     assert again.session_rules == rules.session_rules and again.rules == rules.rules  # same content, same hash
     assert read_artifact(again.usage)["from_cache"].all()
     assert teacher_predict.fn(sessions, TeacherPredictConfig(), TEACHER).predictions == predicted.predictions
+
+
+def test_under_prefect_an_always_failing_endpoint_gets_only_the_clients_retries(stub, monkeypatch, tmp_path):
+    """One retry layer: Prefect's task retries on top of the client's multiplied the requests (3 x 2 x 6 = 36)."""
+    from prefect import flow
+    from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    monkeypatch.setenv("KD_TEACHER_MAX_RETRIES", "1")
+    stub.always_fail = 500
+    data = DataConfig(domain="electronic", max_train_sessions=1, max_test_sessions=2)
+    sessions = write_artifact(load_sessions(data, settings().data_root), "sessions")
+
+    @flow
+    def predict(sessions_ref):
+        return teacher_predict(sessions_ref, TeacherPredictConfig(intents=False), TEACHER)
+
+    with prefect_test_harness(server_startup_timeout=120), \
+            temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: tmp_path / "prefect-results"}):
+        state = predict(sessions, return_state=True)
+    assert state.is_failed()
+    assert stub.distinct_requests() == 2  # two test sessions, sent side by side (2 threads)
+    assert stub.attempts == (1 + 1) * 2
