@@ -1,0 +1,119 @@
+"""Server lifecycle: a run's server dies with the run (kill -9 included), a user's detached server outlives the CLI,
+and a pid file is trusted only while it names our live server. llm-katan's echo backend (no weights) stands in for
+the model: the lifecycle code is the same for every backend."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kd_bundle import teacher_server
+from kd_bundle.teacher_server import ServerInfo, embedded_teacher, is_listening, running_server, server_info
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Started in a child python: the server is started from a worker thread that then exits (as a run's client threads
+# do), the child says where it is, and waits to be killed.
+OWNER = """
+import sys, threading, time
+from kd_bundle import teacher_server
+port = int(sys.argv[1])
+started = []
+worker = threading.Thread(target=lambda: started.append(teacher_server.start_server("echo", backend="echo", port=port)))
+worker.start(); worker.join()
+time.sleep(1.0)  # the starting thread is gone: the server must still be up
+print(started[0].pid, teacher_server.is_listening("127.0.0.1", port), flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.fixture
+def server_env(tmp_path, monkeypatch):
+    """A private store and a free loopback port as the teacher endpoint; returns the port."""
+    monkeypatch.setenv("KD_STORE", str(tmp_path / "store"))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("KD_TEACHER_BASE_URL", f"http://127.0.0.1:{port}/v1")
+    yield port
+    teacher_server.stop_server(port)
+
+
+def test_a_run_owned_server_dies_when_its_owner_is_killed_hard(server_env):
+    port = server_env
+    owner = subprocess.Popen([sys.executable, "-c", OWNER, str(port)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    group = 0
+    try:
+        pid, listening = owner.stdout.readline().split()
+        group = int(pid)
+        assert listening == "True" and len(_members(group)) == 2  # the guard and the server
+        assert running_server(port).owner_pid == owner.pid
+        owner.send_signal(signal.SIGKILL)  # no handler, no atexit, no finally runs in the owner
+        owner.wait()
+        deadline = time.monotonic() + 10
+        while (_members(group) or is_listening("127.0.0.1", port)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _members(group) == [] and not is_listening("127.0.0.1", port)
+        assert running_server(port) is None and server_info(port) is None  # the stale pid file is gone too
+    finally:
+        owner.kill()
+        for leftover in _members(group) if group else []:  # never leave a server behind, even when failing
+            os.kill(leftover, signal.SIGKILL)
+
+
+def test_a_detached_server_outlives_the_cli_and_is_reused_not_stopped_by_a_run(server_env):
+    port = server_env
+    cli = [sys.executable, "-m", "kd_bundle", "teacher-server"]
+    started = subprocess.run([*cli, "start", "--backend", "echo", "--served-model-name", "echo"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=120)
+    assert started.returncode == 0, started.stderr
+    detached = running_server(port)
+    assert detached is not None and detached.owner_pid is None and is_listening("127.0.0.1", port)
+    with embedded_teacher("echo", backend="echo") as used:  # a run finds it and uses it as it is
+        assert used == detached
+    assert is_listening("127.0.0.1", port)  # the run did not stop what it did not start
+    assert "running:" in subprocess.run([*cli, "status"], cwd=ROOT, capture_output=True, text=True).stdout
+    assert subprocess.run([*cli, "stop"], cwd=ROOT, capture_output=True, text=True).stdout.strip() == "stopped"
+    assert not is_listening("127.0.0.1", port) and server_info(port) is None
+
+
+def test_a_stale_pid_file_is_replaced_and_its_pid_never_signalled(server_env):
+    port = server_env
+    bystander = subprocess.Popen(["sleep", "120"], start_new_session=True)  # alive, but not our server
+    try:
+        stale = ServerInfo(bystander.pid, "127.0.0.1", port, "m", "echo", "echo", "/dev/null", None)
+        teacher_server._info_file(port, None).parent.mkdir(parents=True)
+        teacher_server._info_file(port, None).write_text(json.dumps(stale.__dict__))
+        assert server_info(port) == stale and running_server(port) is None and server_info(port) is None
+        teacher_server._info_file(port, None).write_text(json.dumps(stale.__dict__))
+        assert teacher_server.stop_server(port) is False
+        assert bystander.poll() is None  # its process group was not signalled
+        teacher_server._info_file(port, None).write_text(json.dumps(stale.__dict__))
+        with embedded_teacher("echo", backend="echo") as fresh:  # the run starts its own and records it
+            assert fresh.pid != bystander.pid and server_info(port) == fresh and is_listening("127.0.0.1", port)
+        assert not is_listening("127.0.0.1", port) and server_info(port) is None
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def _members(group: int) -> list[int]:
+    """Live (non-zombie) processes of a process group, from /proc."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == group and fields[0] != "Z":
+            members.append(int(stat.parent.name))
+    return members
