@@ -60,7 +60,7 @@ def main(argv: list[str]) -> int:
         signal.signal(signum, lambda received, _frame: stop_requested.append(received))
     if argv[1] == "--pid":
         return _watch(int(argv[2]), owner, stop_requested)
-    child = subprocess.Popen(argv[2:], stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
+    child = subprocess.Popen(argv[2:], stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)  # noqa: PLW1509 (one thread)
     while True:
         try:
             code = child.wait(timeout=POLL_S)

