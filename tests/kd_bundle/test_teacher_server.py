@@ -117,3 +117,33 @@ def _members(group: int) -> list[int]:
         if int(fields[2]) == group and fields[0] != "Z":
             members.append(int(stat.parent.name))
     return members
+
+
+def test_an_adopted_process_dies_when_its_owner_is_killed_hard():
+    """`guard_pid`: for a server a library starts (Prefect's temporary API server), not kd-bundle."""
+    owner_code = ("import subprocess, sys, time\nfrom kd_bundle.process_guard import guard_pid\n"
+                  "server = subprocess.Popen(['sleep', '120'], start_new_session=True)\n"
+                  "guard_pid(server.pid)\nprint(server.pid, flush=True)\ntime.sleep(600)\n")
+    owner = subprocess.Popen([sys.executable, "-c", owner_code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    adopted = int(owner.stdout.readline())
+    try:
+        time.sleep(0.5)
+        assert _running(adopted)  # the owner lives: the guard leaves it alone
+        owner.kill()
+        owner.wait()
+        deadline = time.monotonic() + 10
+        while _running(adopted) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _running(adopted)
+    finally:
+        owner.kill()
+        if _running(adopted):
+            os.kill(adopted, signal.SIGKILL)
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie waiting for its (dead) parent's reaper."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
