@@ -15,7 +15,8 @@ BACKENDS = ("llama-cpp", "transformers", "echo")  # llama-cpp: the teacher; the 
 # SmolLM2 was trained on 8,192-token contexts; a rule-distillation conversation (session, answer, feedback rounds,
 # final rules) must never be cut below the model's own limit. Its KV cache at this size is ~190 MB.
 N_CTX = 8192
-SERVER_MARKERS = ("llama_cpp.server", "llm_katan")  # in the command line of every server we start
+# in the command line of every server we start (llama_cpp.server: one a user started by hand on our port)
+SERVER_MARKERS = ("kd_bundle.llama_server", "llama_cpp.server", "llm_katan")
 
 
 class ServerError(RuntimeError):
@@ -23,10 +24,12 @@ class ServerError(RuntimeError):
 
 
 def default_threads() -> int:
-    """All cores this process may use (KD_TEACHER_SERVER_THREADS overrides): llama.cpp's own default is half of them,
-    which leaves one of two cores idle while the teacher stage waits on it."""
+    """Half the cores this process may use, at least one (KD_TEACHER_SERVER_THREADS overrides). ggml's threads meet
+    at a spinning barrier after every layer, so one preempted thread stalls them all: on 2 cores shared with the run
+    itself, 2 threads measured 1.2-3 s per token against 0.13 s for 1. llama-cpp-python's own default (cpu_count // 2)
+    counts the host's cores, not the container's or the affinity mask, and oversubscribes a small slice of a big host."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return int(os.environ.get("KD_TEACHER_SERVER_THREADS") or cores)
+    return int(os.environ.get("KD_TEACHER_SERVER_THREADS") or max(1, cores // 2))
 
 
 def ready_path(backend: str) -> str:
@@ -40,9 +43,9 @@ def server_command(backend: str, model: str, served_model_name: str, host: str, 
     if backend == "llama-cpp":
         gguf = str(_gguf(model))
         threads = str(default_threads())
-        return gguf, [sys.executable, "-m", "llama_cpp.server", "--model", gguf, "--model_alias", served_model_name,
-                      "--host", host, "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads", threads,
-                      "--n_threads_batch", threads]
+        return gguf, [sys.executable, "-m", "kd_bundle.llama_server", "--model", gguf, "--model_alias",
+                      served_model_name, "--host", host, "--port", str(port), "--n_ctx", str(n_ctx),
+                      "--n_threads", threads, "--n_threads_batch", threads]
     model_path = model if backend == "echo" else str(_resolve(model))
     return model_path, [sys.executable, "-m", "llm_katan.cli", "--model", model_path, "--served-model-name",
                         served_model_name, "--backend", backend, "--host", host, "--port", str(port),

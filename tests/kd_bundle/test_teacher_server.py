@@ -147,3 +147,59 @@ def _running(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_openai_json_schema_requests_reach_llama_cpp_in_its_own_form():
+    """llama-cpp-python 0.3.36 answers OpenAI's `json_schema` form with an error; the layer in front rewrites it."""
+    import asyncio
+
+    from kd_bundle.llama_server import OpenAISchemaForm
+
+    schema = {"type": "object", "properties": {"bundle1": {"type": "array"}}, "required": ["bundle1"]}
+    request = {"model": "m", "messages": [], "response_format": {"type": "json_schema",
+                                                                  "json_schema": {"name": "b", "schema": schema}}}
+    seen = {}
+
+    async def app(scope, receive, send):  # the wrapped server: records what reaches it
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body, more = body + message["body"], message["more_body"]
+        seen["body"] = json.loads(body)
+        seen["length"] = dict(scope["headers"])[b"content-length"]
+
+    async def call(path: str, body: bytes) -> dict:
+        chunks = [{"type": "http.request", "body": body[:10], "more_body": True},
+                  {"type": "http.request", "body": body[10:], "more_body": False}]
+        scope = {"type": "http", "method": "POST", "path": path, "headers": [(b"content-length", b"0")]}
+        await OpenAISchemaForm(app)(scope, lambda: asyncio.sleep(0, chunks.pop(0)), None)
+        return seen["body"]
+
+    body = json.dumps(request).encode()
+    assert asyncio.run(call("/v1/chat/completions", body))["response_format"] == {"type": "json_object",
+                                                                                 "schema": schema}
+    assert int(seen["length"]) == len(json.dumps(seen["body"]).encode())
+    plain = dict(request, response_format={"type": "json_object", "schema": schema})
+    assert asyncio.run(call("/v1/chat/completions", json.dumps(plain).encode())) == plain  # already its own form
+    assert asyncio.run(call("/v1/embeddings", body)) == request  # other paths pass as they are
+
+
+@pytest.mark.slow
+def test_the_embedded_llama_cpp_teacher_holds_answers_to_a_json_schema(server_env):
+    """The real server and the shipped SmolLM2 GGUF (~20 s on 2 busy cores): OpenAI's form of a schema is honoured."""
+    from openai import OpenAI
+
+    products = {"type": "array", "items": {"type": "string", "enum": ["product1", "product2", "product3"]},
+                "minItems": 2}
+    schema = {"type": "object", "properties": {"bundle1": products, "bundle2": products}, "required": ["bundle1"],
+              "additionalProperties": False}
+    prompt = ("product1: Canon EOS 2000D camera body\nproduct2: Canon LP-E10 battery\nproduct3: SanDisk 64GB SD card\n"
+              "Which products are bought together? Answer in JSON.")
+    with embedded_teacher("smollm2") as info:
+        client = OpenAI(base_url=info.base_url, api_key="local", max_retries=0, timeout=300)
+        reply = client.chat.completions.create(
+            model="smollm2", messages=[{"role": "user", "content": prompt}], max_tokens=64, temperature=0.0,
+            response_format={"type": "json_schema", "json_schema": {"name": "bundles", "schema": schema}})
+    answer = json.loads(reply.choices[0].message.content)
+    assert reply.choices[0].finish_reason == "stop" and set(answer) <= {"bundle1", "bundle2"} and "bundle1" in answer
+    assert all(len(b) >= 2 and set(b) <= {"product1", "product2", "product3"} for b in answer.values())
