@@ -24,12 +24,14 @@ class ServerError(RuntimeError):
 
 
 def default_threads() -> int:
-    """Half the cores this process may use, at least one (KD_TEACHER_SERVER_THREADS overrides). ggml's threads meet
-    at a spinning barrier after every layer, so one preempted thread stalls them all: on 2 cores shared with the run
-    itself, 2 threads measured 1.2-3 s per token against 0.13 s for 1. llama-cpp-python's own default (cpu_count // 2)
-    counts the host's cores, not the container's or the affinity mask, and oversubscribes a small slice of a big host."""
+    """The cores this process may use, at most 8 (KD_TEACHER_SERVER_THREADS overrides). Prefill of ~1k-token prompts
+    is most of a teacher request; on 2 cores under a load of ~3, 2 threads prefilled 57-64 tokens/s against 27-44 for
+    1. But ggml's threads meet at a spinning barrier after every op, so on a heavily oversubscribed machine (load
+    10+ on 2 cores) 2 threads fell to 1.2-3 s per generated token against 0.13 s for 1: set 1 there.
+    llama-cpp-python's own default (cpu_count // 2) counts the host's cores, not the container's or the affinity
+    mask; past 8 threads a 135M model gains little."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return int(os.environ.get("KD_TEACHER_SERVER_THREADS") or max(1, cores // 2))
+    return int(os.environ.get("KD_TEACHER_SERVER_THREADS") or min(cores, 8))
 
 
 def ready_path(backend: str) -> str:
