@@ -16,11 +16,11 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
 # llama.cpp's server (the embedded teacher, a pyproject dependency) has no Linux wheel on PyPI: pip builds it from
-# source, once per venv (~4.5 min on 2 cores). LLAVA_BUILD=OFF skips the multimodal library (51 of 178 objects; a
-# text teacher never loads it). On x86_64, GGML_NATIVE=OFF builds for AVX2/FMA/F16C, which any CI or cloud x86_64 of
-# the last decade has, instead of -march=native: pip caches the wheel it builds (keyed by the sdist, not by
-# CMAKE_ARGS), and a native wheel restored on another CPU dies with SIGILL. LLAMA_CMAKE_ARGS=-DLLAVA_BUILD=OFF
-# builds for this CPU only.
+# source, once per venv (~5 min on 2 cores). LLAVA_BUILD=OFF skips the multimodal library (51 of 178 objects; a
+# text teacher never loads it). On x86_64, GGML_NATIVE=OFF builds for AVX2/FMA/F16C, which any CI or cloud x86_64
+# of the last decade has, instead of -march=native, which measured no faster (bench/README.md): pip caches the
+# wheel it builds (keyed by the sdist, not by CMAKE_ARGS), and a native wheel restored on another CPU dies with
+# SIGILL. LLAMA_CMAKE_ARGS=-DLLAVA_BUILD=OFF builds for this CPU only.
 LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF $(shell [ "$$(uname -m)" = x86_64 ] && echo "-DGGML_NATIVE=OFF")
 
 .PHONY: run test install
