@@ -145,7 +145,8 @@ def generate_answers(
         rows = None
         if book is not None:
             grammars = [book.grammar(n_items[i], cfg.max_bundles, cfg.intents, reasoning) for i in batch]
-            rows = book.constraint(grammars, [prefills[i] for i in batch], cfg.reasoning_tokens if reasoning else None)
+            rows = book.constraint(grammars, [prefills[i] for i in batch], cfg.reasoning_tokens if reasoning else None,
+                                   generation.max_new_tokens, cfg.intents)
             mask, stop = rows.processors()
             extra = {"logits_processor": [mask], "stopping_criteria": [stop]}
         else:
@@ -179,7 +180,7 @@ class _AnswerClosed:
 
     def __init__(self, tokenizer: Any, prompt_width: int, prefills: list[str]):
         self.tokenizer, self.prompt_width, self.prefills = tokenizer, prompt_width, prefills
-        self.closed = [False] * len(prefills)
+        self.closed = [answer_closed(prefill) for prefill in prefills]  # a complete prefill: stop at the first step
 
     def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
         import torch

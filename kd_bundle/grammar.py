@@ -12,7 +12,8 @@ answer marker, `Bundles: {'bundle1': ['product1', 'product3'], 'bundle2': [...]}
   tokens without a newline the row may only write a token that ends the line, and the answer follows.
 
 A grammar depends only on (n, max_bundles, intents, reasoning), so it is compiled once per distinct session
-length and reused. A row stops as soon as its grammar is complete (the closing brace), without an end-of-turn step.
+length and reused. A row stops as soon as its grammar is complete (the closing brace), without an end-of-turn step;
+in its last CLOSING_RESERVE tokens it may only close what it has opened, so the token cap rarely cuts an answer.
 """
 
 from __future__ import annotations
@@ -24,6 +25,11 @@ from typing import Any
 from kd_bundle.icl import ANSWER_MARKER, REASONING_MARKER
 
 log = logging.getLogger(__name__)
+
+# Tokens before the cap at which a row starts closing its answer: the longest shortest completion, a bundle just
+# opened (", 'bundle3': ['product9', 'product10']}", 40 characters), even spelled one character per token;
+# twice that with intents. SmolLM2 spells it in ~14 tokens, so at the default caps this never binds a real answer.
+CLOSING_RESERVE = 40
 
 def answer_grammar(n_items: int, max_bundles: int, intents: bool = False, reasoning: bool = False) -> str:
     """EBNF (xgrammar dialect) of every answer allowed for a session of `n_items` products."""
@@ -38,10 +44,10 @@ def answer_grammar(n_items: int, max_bundles: int, intents: bool = False, reason
         lines.append(f"bundle{k} ::= \"'bundle{k}': \" value{more}")
     if intents:
         lines.append(f"value ::= \"{{'products': [\" items \"], 'intent': '\" intent \"'}}\"")
-        # 1-5 words (AICL asks for 3 to 5) of at most 12 characters: bounded, and 20x cheaper to compile than a
-        # {1,60} character run; no quote, backslash or newline, so the Python literal always parses.
+        # 1-5 words (AICL asks for 3 to 5) of at most 12 letters, digits or &/.+-: bounded, 20x cheaper to compile
+        # than a {1,60} character run, and never a quote, backslash or control character, so the literal parses.
         lines.append('intent ::= word (" " word){0,4}')
-        lines.append("word ::= [^' \\\\\\n]{1,12}")
+        lines.append("word ::= [a-zA-Z0-9&/.+-]{1,12}")
     else:
         lines.append('value ::= "[" items "]"')
     pairs = [f"\"'product{i}', 'product{j}'\"" + (f" after{j}" if j < n_items else "")
@@ -62,6 +68,7 @@ class GrammarBook:
     tokenizer_info: Any
     compiler: Any
     newline_ids: Any  # bool tensor over the vocabulary: tokens whose text holds a newline (they end the reasoning)
+    opening_ids: Any  # bool tensor: tokens holding one of ",:[{ " (they open more answer); avoided when closing
     compiled: dict[tuple[int, int, bool, bool], Any] = field(default_factory=dict)
 
     @classmethod
@@ -72,9 +79,11 @@ class GrammarBook:
 
         info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size)
         newline = torch.zeros(vocab_size, dtype=torch.bool)
+        opening = torch.zeros(vocab_size, dtype=torch.bool)
         for token_id, text in enumerate(info.decoded_vocab):
             newline[token_id] = b"\n" in text
-        return cls(info, xgr.GrammarCompiler(info), newline)
+            opening[token_id] = any(char in text for char in b",:[{ ")
+        return cls(info, xgr.GrammarCompiler(info), newline, opening)
 
     def grammar(self, n_items: int, max_bundles: int, intents: bool, reasoning: bool) -> Any:
         key = (n_items, max_bundles, intents, reasoning)
@@ -82,8 +91,11 @@ class GrammarBook:
             self.compiled[key] = self.compiler.compile_grammar(answer_grammar(*key))
         return self.compiled[key]
 
-    def constraint(self, grammars: list[Any], prefills: list[str], reasoning_tokens: int | None) -> "RowConstraints":
-        return RowConstraints(self, grammars, prefills, reasoning_tokens)
+    def constraint(
+        self, grammars: list[Any], prefills: list[str], reasoning_tokens: int | None, max_new_tokens: int,
+        intents: bool = False,
+    ) -> "RowConstraints":
+        return RowConstraints(self, grammars, prefills, reasoning_tokens, max_new_tokens, intents)
 
 
 _BOOKS: dict[tuple[int, int], GrammarBook] = {}
@@ -102,7 +114,10 @@ class RowConstraints:
     what the row's grammar forbids) and a stopping criterion (accept the new token; a row whose grammar is complete
     is done), so each token is accepted exactly once. Use a fresh one per `generate` call."""
 
-    def __init__(self, book: GrammarBook, grammars: list[Any], prefills: list[str], reasoning_tokens: int | None):
+    def __init__(
+        self, book: GrammarBook, grammars: list[Any], prefills: list[str], reasoning_tokens: int | None,
+        max_new_tokens: int, intents: bool = False,
+    ):
         import xgrammar as xgr
 
         self.book = book
@@ -117,6 +132,8 @@ class RowConstraints:
         self.done = [False] * len(grammars)
         self.new_tokens = [0] * len(grammars)
         self.reasoning_tokens = reasoning_tokens
+        # from this step on, a row closes what it has opened (all along, under a cap below the reserve)
+        self.closing_from = max_new_tokens - CLOSING_RESERVE * (2 if intents else 1)
         self.reasoning_open = [reasoning_tokens is not None and "\n" not in p for p in prefills]
 
     def process_logits(self, input_ids: Any, scores: Any) -> Any:
@@ -128,6 +145,8 @@ class RowConstraints:
                 matcher.fill_next_token_bitmask(self.bitmask, row)
         masked = scores if scores.dtype == torch.float32 else scores.float()  # xgrammar's CPU kernel masks fp32
         xgr.apply_token_bitmask_inplace(masked, self.bitmask.to(masked.device))
+        if any(not done and count >= self.closing_from for done, count in zip(self.done, self.new_tokens)):
+            self._close(masked)
         if self.reasoning_tokens is not None:
             newline = self.book.newline_ids[: masked.shape[1]].to(masked.device)
             for row, open_ in enumerate(self.reasoning_open):
@@ -135,6 +154,15 @@ class RowConstraints:
                     if bool((newline & (masked[row] > float("-inf"))).any()):  # not inside "Reasoning: " itself
                         masked[row, ~newline] = float("-inf")
         return masked
+
+    def _close(self, masked: Any) -> None:
+        """Near the token cap, a row may not open anything new (no comma, colon, bracket or space): it finishes the
+        product number or intent word it is in and closes the answer, instead of being cut off unparsable. Where
+        every allowed token opens (a bundle of one product so far), the row goes on unrestricted."""
+        opening = self.book.opening_ids[: masked.shape[1]].to(masked.device)
+        for row, (done, count) in enumerate(zip(self.done, self.new_tokens)):
+            if not done and count >= self.closing_from and bool(((masked[row] > float("-inf")) & ~opening).any()):
+                masked[row, opening] = float("-inf")
 
     def stop_rows(self, input_ids: Any) -> Any:
         import torch
