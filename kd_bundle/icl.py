@@ -60,9 +60,8 @@ class ICLConfig(BaseModel, frozen=True):
     demonstrations: int = Field(3, ge=0, le=100, description="Nearest per-session blocks kept per format, at most.")
     max_lines: int = Field(20, ge=0, description="Domain-level lines (patterns, consolidated rules) kept, at most.")
     prefill: str = Field(
-        ANSWER_MARKER, description="Start of the assistant turn, part of the raw answer. The default, the answer marker, "
-        "saves grammar decoding the forced steps and starts a free model in the answer format; under grammar decoding "
-        "a prefill must be the start of an answer the grammar allows. A reasoning student's prefill is dropped."
+        "", description="Start of the assistant turn, e.g. \"Bundles: {'bundle1': ['product\": keeps a small base "
+        "model in the answer format; it is part of the raw answer. '' = none (the SFT student needs none)."
     )
 
 

@@ -39,7 +39,8 @@ def test_batched_left_padded_generation_matches_one_prompt_at_a_time(student, de
     n_items = [2, 10, 3, 10, 4]
     batched = generate_texts(model, tokenizer, prompts, cfg, n_items=n_items)
     single = generate_texts(model, tokenizer, prompts, cfg.model_copy(update={"batch_size": 1}), n_items=n_items)
-    assert batched == single and len(set(batched)) == len(prompts)
+    assert batched == single
+    assert len(set(batched)) >= (len(prompts) if decoding == "free" else 2)  # the short grammar answers may repeat
 
 
 def test_answers_are_parsed_after_the_marker_and_mapped_to_item_ids():
