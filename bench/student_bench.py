@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                     quantization="none" if args.no_4bit else "nf4")
     retrieved = _retrieve(sessions, args)
     icl = ICLConfig(formats=tuple(args.icl_formats.split(",")) if args.icl_formats else (), demonstrations=args.k,
-                    **({"prefill": args.prefill} if args.prefill is not None else {}))
+                    prefill=args.prefill)
 
     report: dict[str, dict] = {}
     icl_predictions, report["icl"] = _timed_predict(sessions, retrieved, student, icl, None)
@@ -116,7 +116,7 @@ def _decoding_compare(args) -> int:
     sessions = _real_sessions(args)
     student = StudentConfig(model=args.model, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
     retrieved = _retrieve(sessions, args)
-    prefill = {"prefill": args.prefill} if args.prefill is not None else {}
+    prefill = {"prefill": args.prefill}
     setups = {"zero-shot": (ICLConfig(formats=(), **prefill), None),
               "icl": (ICLConfig(formats=("raw",), demonstrations=args.k, **prefill), None)}
     if args.steps:
@@ -291,7 +291,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--k", type=int, default=2, help="ICL demonstrations")
     parser.add_argument("--icl-formats", default="raw", help="comma-separated retrieved formats; '' = zero-shot")
-X
+    parser.add_argument("--prefill", default="Bundles:", help="start of the answer ('' = none); the grammar accepts "
+                        "any start of an answer it allows")
     parser.add_argument("--decoding-compare", action="store_true",
                         help="grammar vs free decoding: parse rate, strict P/R, sessions/s (zero-shot, ICL, SFT if --steps)")
     parser.add_argument("--decodings", default="grammar,free", help="with --decoding-compare: which decodings")

@@ -43,7 +43,7 @@ def answer_grammar(n_items: int, max_bundles: int, intents: bool = False, reason
         more = f' (", " bundle{k + 1})?' if k < max_bundles else ""
         lines.append(f"bundle{k} ::= \"'bundle{k}': \" value{more}")
     if intents:
-        lines.append(f"value ::= \"{{'products': [\" items \"], 'intent': '\" intent \"'}}\"")
+        lines.append("value ::= \"{'products': [\" items \"], 'intent': '\" intent \"'}\"")
         # 1-5 words (AICL asks for 3 to 5) of at most 12 letters, digits or &/.+-: bounded, 20x cheaper to compile
         # than a {1,60} character run, and never a quote, backslash or control character, so the literal parses.
         lines.append('intent ::= word (" " word){0,4}')
@@ -72,7 +72,7 @@ class GrammarBook:
     compiled: dict[tuple[int, int, bool, bool], Any] = field(default_factory=dict)
 
     @classmethod
-    def for_model(cls, tokenizer: Any, vocab_size: int) -> "GrammarBook":
+    def for_model(cls, tokenizer: Any, vocab_size: int) -> GrammarBook:
         """`vocab_size` is the model's logits width, which may exceed the tokenizer's (padded embeddings)."""
         import torch
         import xgrammar as xgr
@@ -94,7 +94,7 @@ class GrammarBook:
     def constraint(
         self, grammars: list[Any], prefills: list[str], reasoning_tokens: int | None, max_new_tokens: int,
         intents: bool = False,
-    ) -> "RowConstraints":
+    ) -> RowConstraints:
         return RowConstraints(self, grammars, prefills, reasoning_tokens, max_new_tokens, intents)
 
 
@@ -150,9 +150,9 @@ class RowConstraints:
         if self.reasoning_tokens is not None:
             newline = self.book.newline_ids[: masked.shape[1]].to(masked.device)
             for row, open_ in enumerate(self.reasoning_open):
-                if open_ and not self.done[row] and self.new_tokens[row] >= self.reasoning_tokens:
-                    if bool((newline & (masked[row] > float("-inf"))).any()):  # not inside "Reasoning: " itself
-                        masked[row, ~newline] = float("-inf")
+                capped = open_ and not self.done[row] and self.new_tokens[row] >= self.reasoning_tokens
+                if capped and bool((newline & (masked[row] > float("-inf"))).any()):  # not inside "Reasoning: "
+                    masked[row, ~newline] = float("-inf")
         return masked
 
     def _close(self, masked: Any) -> None:
@@ -181,7 +181,7 @@ class RowConstraints:
             self.done[row] = matcher.is_completed() or matcher.is_terminated()
         return torch.tensor(self.done, dtype=torch.bool, device=input_ids.device)
 
-    def processors(self) -> tuple["LogitsMask", "StopWhenComplete"]:
+    def processors(self) -> tuple[LogitsMask, StopWhenComplete]:
         return LogitsMask(self), StopWhenComplete(self)
 
 

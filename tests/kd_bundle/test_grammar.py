@@ -34,7 +34,7 @@ def _randomised(tiny, seed: int):
     """The tiny model with large random weights (seeded): sampling then wanders all over the vocabulary."""
     import torch
 
-    cfg, model, tokenizer, original = tiny
+    _, model, tokenizer, original = tiny
     model.load_state_dict(original)
     torch.manual_seed(seed)
     with torch.no_grad():
