@@ -103,3 +103,23 @@ def test_a_reasoning_adapter_is_recognised_by_its_saved_sft_config(tmp_path):
     assert not adapter_reasons(None) and not adapter_reasons(tmp_path)
     (tmp_path / "sft_config.json").write_text('{"reasoning": true, "lora_r": 4}')
     assert adapter_reasons(tmp_path)
+
+
+def test_cost_columns_survive_jsonl_and_are_null_where_a_file_lacks_them(student, tmp_path):
+    from kd_bundle.generate import predict_bundles
+    from kd_bundle.predictions import read_predictions_jsonl, write_predictions_jsonl
+
+    model, tokenizer = load_student(student)
+    sessions = tiny_sessions().filter(pl.col("split") == "test")
+    prompts = pl.DataFrame({"session_id": [7, 8], "prompt": ["<|user|>\nhi</s>\n<|assistant|>\n"] * 2,
+                            "prefill": [""] * 2})
+    predictions = predict_bundles(sessions, prompts, model, tokenizer, student)
+    assert predictions.select("prompt_tokens", "new_tokens", "seconds").null_count().sum_horizontal().item() == 0
+    write_predictions_jsonl(predictions, tmp_path / "p.jsonl")
+    assert read_predictions_jsonl(tmp_path / "p.jsonl").equals(predictions)
+    (tmp_path / "old.jsonl").write_text('{"session_id": 7, "bundles": [["I7_0", "I7_1"]]}\n')
+    old = read_predictions_jsonl(tmp_path / "old.jsonl")
+    assert old.schema == pl.Schema(PREDICTION_COLUMNS) and old["new_tokens"].to_list() == [None]
+    (tmp_path / "bad.jsonl").write_text('{"session_id": 7, "bundles": null, "seconds": -1}\n')
+    with pytest.raises(ValueError, match="bad.jsonl:1: seconds is -1; expected a non-negative number"):
+        read_predictions_jsonl(tmp_path / "bad.jsonl")
