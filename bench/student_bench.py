@@ -287,7 +287,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--test-sessions", type=int, default=9, help="stratified by length, as the AICL split")
     parser.add_argument("--steps", type=int, default=8, help="SFT optimizer steps")
     parser.add_argument("--batch-tokens", type=int, default=None, help="SFT token budget per batch (1024; 8B: 4096)")
-    parser.add_argument("--batch-size", type=int, default=16, help="generation batch")
+    parser.add_argument("--batch-size", type=int, default=4, help="generation batch")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--k", type=int, default=2, help="ICL demonstrations")
     parser.add_argument("--icl-formats", default="raw", help="comma-separated retrieved formats; '' = zero-shot")
