@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("httpx", "faiss.loader"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.test_sessions is None:
+        args.test_sessions = 60 if args.decoding_compare else 9
     if args.decoding_compare:
         return _decoding_compare(args)
     sessions = _synthetic_sessions(args) if args.llama8b else _real_sessions(args)
@@ -284,7 +286,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--domain", default="electronic", choices=["electronic", "clothing", "food"])
     parser.add_argument("--model", default="smollm2", help="student: smollm2, a cached HF name or a folder")
     parser.add_argument("--train-sessions", type=int, default=60)
-    parser.add_argument("--test-sessions", type=int, default=9, help="stratified by length, as the AICL split")
+    parser.add_argument("--test-sessions", type=int, default=None,
+                        help="stratified by length, as the AICL split (default 9; 60 with --decoding-compare)")
     parser.add_argument("--steps", type=int, default=8, help="SFT optimizer steps")
     parser.add_argument("--batch-tokens", type=int, default=None, help="SFT token budget per batch (1024; 8B: 4096)")
     parser.add_argument("--batch-size", type=int, default=4, help="generation batch")
