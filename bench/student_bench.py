@@ -4,11 +4,13 @@
     .venv/bin/python bench/student_bench.py --teacher-embedded                # + llm-katan serving the same model
     .venv/bin/python bench/student_bench.py --teacher-base-url URL --teacher-model NAME  # + any OpenAI endpoint
     .venv/bin/python bench/student_bench.py --llama8b                        # GPU: Llama-3.1-8B-shaped, 4-bit QLoRA
+    .venv/bin/python bench/student_bench.py --decoding-compare               # grammar vs free, 60 test sessions
 
 Prints training tokens/s (real tokens, padding excluded, first step excluded), inference sessions/s and new
 tokens/s (model load excluded), peak memory, the padding share of the training batches, and the three methods'
 scores; writes predictions (Parquet + JSON Lines for `python -m kd_bundle score`) and results rows to --out.
-The --llama8b path builds a random-weight model from Llama-3.1-8B's config (nothing is downloaded) and runs the
+--decoding-compare instead measures parse rate, strict precision/recall and sessions/s of zero-shot, ICL (and SFT
+with --steps > 0) under grammar and free decoding on the same length-stratified test sessions. The --llama8b path builds a random-weight model from Llama-3.1-8B's config (nothing is downloaded) and runs the
 same training and generation code on synthetic sessions of realistic length. See bench/README.md.
 """
 
@@ -56,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("httpx", "faiss.loader"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.test_sessions is None:
+        args.test_sessions = 60 if args.decoding_compare else 9
+    if args.decoding_compare:
+        return _decoding_compare(args)
     sessions = _synthetic_sessions(args) if args.llama8b else _real_sessions(args)
     student = StudentConfig(model=_llama8b_folder(args) if args.llama8b else args.model,
                             max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
@@ -104,6 +110,48 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _decoding_compare(args) -> int:
+    """Zero-shot, ICL (and SFT when --steps > 0) under grammar and free decoding, on the same test sessions."""
+    from kd_bundle.metrics import score_predictions
+    from kd_bundle.student import cpu_bf16
+
+    sessions = _real_sessions(args)
+    student = StudentConfig(model=args.model, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    retrieved = _retrieve(sessions, args)
+    prefill = {"prefill": args.prefill}
+    setups = {"zero-shot": (ICLConfig(formats=(), **prefill), None),
+              "icl": (ICLConfig(formats=("raw",), demonstrations=args.k, **prefill), None)}
+    if args.steps:
+        sft = SFTConfig(max_steps=args.steps, warmup_steps=min(5, args.steps // 4), batch_tokens=args.batch_tokens or 1024,
+                        quantization="none" if args.no_4bit else "nf4")
+        adapter = train_adapter(sessions, retrieved, None, student, sft, args.out / "adapter").adapter_dir
+        setups["sft"] = (ICLConfig(formats=(), **prefill), adapter)
+    test = sessions.filter(pl.col("split") == "test")
+    report: dict[str, dict] = {"cpu_bf16": cpu_bf16()[1], "threads": _threads()}
+    for name, (icl, adapter) in setups.items():
+        for decoding in args.decodings.split(","):
+            cfg = student.model_copy(update={"decoding": decoding})
+            predictions, figures = _timed_predict(sessions, retrieved, cfg, icl, adapter)
+            scores = score_predictions(predictions, test)
+            figures.update(
+                parse_rate=round(figures["parsed"] / figures["sessions"], 3),
+                strict_precision=round(scores["strict_precision"], 4), strict_recall=round(scores["strict_recall"], 4),
+                mean_new_tokens=round(predictions["new_tokens"].mean(), 1),
+            )
+            report[f"{name}/{decoding}"] = figures
+            predictions.write_parquet(args.out / f"predictions_{name}_{decoding}.parquet")
+            log.info("%s/%s: %s", name, decoding, figures)
+    print(json.dumps(report, indent=1))
+    (args.out / "decoding_report.json").write_text(json.dumps(report, indent=1))
+    return 0
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 def _timed_predict(sessions, retrieved, student, icl, adapter, limit: int | None = None):
     from kd_bundle.generate import predict_bundles
 
@@ -115,12 +163,13 @@ def _timed_predict(sessions, retrieved, student, icl, adapter, limit: int | None
     started = time.perf_counter()
     predictions = predict_bundles(targets, prompts, model, tokenizer, student)
     seconds = time.perf_counter() - started
-    new_tokens = sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in predictions["raw"].to_list())
+    new_tokens = int(predictions["new_tokens"].sum())  # tokens generated, prefill excluded
     return predictions, {
         "sessions": targets.height, "seconds": round(seconds, 2), "sessions_per_s": round(targets.height / seconds, 3),
         "new_tokens_per_s": round(new_tokens / seconds, 1), "mean_prompt_tokens": round(prompts["prompt_tokens"].mean(), 1),
         "batch_size": student.batch_size, "peak_memory_gb": round(peak_memory_bytes() / 1e9, 2),
-        "parsed": int(predictions["bundles"].is_not_null().sum()),
+        "parsed": int(predictions["bundles"].is_not_null().sum()), "decoding": student.decoding,
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
     }
 
 
@@ -237,14 +286,19 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--domain", default="electronic", choices=["electronic", "clothing", "food"])
     parser.add_argument("--model", default="smollm2", help="student: smollm2, a cached HF name or a folder")
     parser.add_argument("--train-sessions", type=int, default=60)
-    parser.add_argument("--test-sessions", type=int, default=9, help="stratified by length, as the AICL split")
+    parser.add_argument("--test-sessions", type=int, default=None,
+                        help="stratified by length, as the AICL split (default 9; 60 with --decoding-compare)")
     parser.add_argument("--steps", type=int, default=8, help="SFT optimizer steps")
     parser.add_argument("--batch-tokens", type=int, default=None, help="SFT token budget per batch (1024; 8B: 4096)")
-    parser.add_argument("--batch-size", type=int, default=16, help="generation batch")
+    parser.add_argument("--batch-size", type=int, default=4, help="generation batch")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--k", type=int, default=2, help="ICL demonstrations")
     parser.add_argument("--icl-formats", default="raw", help="comma-separated retrieved formats; '' = zero-shot")
-    parser.add_argument("--prefill", default="", help="start of the ICL answer, e.g. \"Bundles: {'bundle1': ['product\"")
+    parser.add_argument("--prefill", default="Bundles:", help="start of the answer ('' = none); the grammar accepts "
+                        "any start of an answer it allows")
+    parser.add_argument("--decoding-compare", action="store_true",
+                        help="grammar vs free decoding: parse rate, strict P/R, sessions/s (zero-shot, ICL, SFT if --steps)")
+    parser.add_argument("--decodings", default="grammar,free", help="with --decoding-compare: which decodings")
     parser.add_argument("--retrieval", default="auto", choices=["auto", "minilm", "tfidf"])
     parser.add_argument("--no-4bit", action="store_true", help="plain LoRA instead of QLoRA")
     parser.add_argument("--teacher-base-url", default=None, help="OpenAI-compatible endpoint to compare")

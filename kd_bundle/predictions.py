@@ -7,6 +7,10 @@ A predictions file has one JSON object per line:
 `bundles` is required and holds item ids (not "productK"; map those with `bundles_from_positions`);
 null means the model output failed to parse. `intents` and `raw` (the model's text, kept for failures)
 are optional. A session without a line counts as failed when scored.
+
+The cost columns are optional too (null where unknown: baselines, teacher rows, files without them); the student
+fills them: `prompt_tokens` (Int64, the prompt with its prefill), `new_tokens` (Int64, tokens the model generated for
+the row) and `seconds` (Float64, the row's equal share of its generation batch's wall time, model load excluded).
 """
 
 from __future__ import annotations
@@ -25,7 +29,11 @@ PREDICTION_COLUMNS: dict[str, pl.DataType] = {
     "bundles": pl.List(pl.List(pl.String)),  # null = output failed to parse
     "intents": pl.List(pl.String),
     "raw": pl.String,
+    "prompt_tokens": pl.Int64,  # optional cost columns, see the module docstring
+    "new_tokens": pl.Int64,
+    "seconds": pl.Float64,
 }
+_COST_KEYS = ("prompt_tokens", "new_tokens", "seconds")
 _REQUIRED_KEYS = ("session_id", "bundles")
 _EXAMPLE_LINE = (
     '{"session_id": 1, "bundles": [["itemA", "itemB"]] or null, "intents": [...] (optional), "raw": "..." (optional)}'
@@ -144,7 +152,7 @@ def _parse_line(line: str, where: str) -> dict[str, Any]:
     if missing or unknown:
         raise ValueError(
             f"{where}: missing key(s) {missing}, unknown key(s) {unknown}; expected keys {list(PREDICTION_COLUMNS)} "
-            "(bundles may be null, intents and raw are optional)"
+            "(bundles may be null; intents, raw and the cost columns are optional)"
         )
     session_id = record["session_id"]
     if isinstance(session_id, bool) or not isinstance(session_id, int):
@@ -154,6 +162,7 @@ def _parse_line(line: str, where: str) -> dict[str, Any]:
         "bundles": _checked_bundles(record["bundles"], where),
         "intents": _checked_strings(record.get("intents"), where, "intents"),
         "raw": _checked_raw(record.get("raw"), where),
+        **{key: _checked_cost(record.get(key), where, key) for key in _COST_KEYS},
     }
 
 
@@ -178,6 +187,14 @@ def _checked_strings(value: Any, where: str, field: str, nullable: bool = True) 
 def _checked_raw(value: Any, where: str) -> str | None:
     if value is not None and not isinstance(value, str):
         raise ValueError(f"{where}: raw is a {type(value).__name__}; expected a string or null")
+    return value
+
+
+def _checked_cost(value: Any, where: str, key: str) -> int | float | None:
+    integer = key != "seconds"
+    numeric = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if value is not None and (isinstance(value, bool) or not numeric or value < 0):
+        raise ValueError(f"{where}: {key} is {value!r}; expected a non-negative {'integer' if integer else 'number'} or null")
     return value
 
 

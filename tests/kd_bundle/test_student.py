@@ -157,3 +157,31 @@ def test_completion_only_logits_give_the_models_own_loss(tiny):
         padded = model(**{k: v for k, v in inputs.items() if k != "labels"}).logits
     assert torch.allclose(ours, full, atol=1e-5)
     assert torch.allclose(padded[1, -3:], alone[0], atol=1e-4)  # left padding with position ids changes nothing
+
+
+def test_auto_dtype_is_bf16_where_the_cpu_has_a_bf16_path_and_fp32_for_cpu_training(tiny, caplog):
+    import torch
+
+    from kd_bundle.student import cpu_bf16, resolve_dtype
+
+    fast, why = cpu_bf16()
+    assert resolve_dtype("auto", "cpu") == ((torch.bfloat16 if fast else torch.float32), why)
+    assert resolve_dtype("auto", "cpu", training=True)[0] == torch.float32
+    assert resolve_dtype("auto", "cuda")[0] == torch.bfloat16
+    assert resolve_dtype("float16", "cpu")[0] == torch.float16
+    with caplog.at_level(logging.INFO, logger="kd_bundle.student"):
+        model, _ = load_student(StudentConfig(model=str(tiny)))
+    assert next(model.parameters()).dtype == resolve_dtype("auto", "cpu")[0]
+    assert f"in {str(resolve_dtype('auto', 'cpu')[0]).removeprefix('torch.')} ({why})" in caplog.text
+
+
+def test_an_adapter_trained_in_fp32_applies_to_the_auto_dtype_inference_base(tiny, examples, tmp_path):
+    from kd_bundle.generate import generate_texts
+
+    result = train_student(examples, StudentConfig(model=str(tiny)), SMOKE, tmp_path / "adapter")
+    cfg = StudentConfig(model=str(tiny), max_new_tokens=64)
+    model, tokenizer = load_student(cfg, result.adapter_dir)
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "phone case"}], tokenize=False,
+                                           add_generation_prompt=True)
+    [text] = generate_texts(model, tokenizer, [prompt], cfg, n_items=[3])
+    assert text.startswith("Bundles: {'bundle1': [")
