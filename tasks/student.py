@@ -10,11 +10,13 @@ input carries no knowledge, so an adapter is retrained only when its own trainin
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from pathlib import Path
 
 from kd_bundle import generate, retrieval, student
+from kd_bundle.costs import TRAIN_STATS_FILE
 from kd_bundle.icl import ICLConfig
 from kd_bundle.retrieval import RetrievalConfig
 from kd_bundle.store import ArtifactRef, read_artifact, write_artifact, write_directory
@@ -49,6 +51,10 @@ def train_adapter(all_sessions: ArtifactRef, retrieved: ArtifactRef | None, thou
         result = student.train_adapter(read_artifact(all_sessions), read_artifact(retrieved) if retrieved else None,
                                        read_artifact(thoughts) if thoughts else None, model, cfg, Path(tmp) / "adapter")
         log.info("adapter trained: %d steps, %.0f tokens/s, loss %s", result.steps, result.tokens_per_second, result.losses[-1:])
+        # What the adapter cost travels with it, so a results row scored from it can report training cost.
+        (result.adapter_dir / TRAIN_STATS_FILE).write_text(json.dumps(
+            {"seconds": result.seconds, "train_tokens": result.train_tokens, "steps": result.steps,
+             "examples": result.examples, "seed": cfg.seed}))
         return write_directory(result.adapter_dir, "adapter")
 
 
