@@ -77,7 +77,7 @@ _DEFAULTS: dict[str, Any] = {
     "utilization": "none",
     "model": "",
     "teacher_tokens": 0,
-    "wall_seconds": 0.0,
+    "wall_seconds": None,  # not measured (0 would read as free)
     "predictions_sha256": "",
     **{c: None for c in OPTIONAL_COLUMNS},
 }
