@@ -193,9 +193,12 @@ class Plan:
         labels = CellLabels(**cell.result_fields(), method="student", model=self.cfg.student.model,
                             sampling_seed=self.cfg.sampling_seed, training_seed=self.cfg.sft.seed if train else None)
         adapter = self.adapter(cell.domain, sources, train, cell.strategy, cell.ratio) if train else None
-        used = (*train, *grid.formats_of(cell.prompt_format))  # the pools this cell drew on (memoised), for its
-        pool = full_pool(cell.strategy, cell.ratio)  # knowledge quantity and extraction cost; raw = its sessions
-        knowledge = {f: self.pool(cell.domain, sources, f, *pool) for f in dict.fromkeys(("raw", *used) if used else ())}
+        # The pools this cell drew on (all memoised: no task is asked twice), for its quantity and extraction cost.
+        used, pool = (*train, *grid.formats_of(cell.prompt_format)), full_pool(cell.strategy, cell.ratio)
+        raw = (self.sampled_sessions(cell.domain, *pool) if len(sources) == 1
+               else self.pooled_sessions(cell.domain, sources))
+        knowledge = {f: raw if f == "raw" else self.pool(cell.domain, sources, f, *pool)
+                     for f in ("raw", *used)} if used else {}
         return score_predictions(self.sessions(cell.domain), predictions, labels, adapter=adapter,
                                  knowledge=knowledge, teacher=self.cfg.teacher)
 

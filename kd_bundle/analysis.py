@@ -56,7 +56,8 @@ def confidence(results: pl.DataFrame, n_boot: int = 1000, level: float = 0.95, s
         for kind in ("zero_shot", "teacher"):
             anchor = anchors.get((labels["domain"], kind))
             is_self = _anchor_kind(labels) == kind
-            diff = bootstrap.paired_difference(arr, anchor, n_boot, level, seed) if arr and anchor and not is_self else {}
+            paired = arr is not None and anchor is not None and not is_self
+            diff = bootstrap.paired_difference(arr, anchor, n_boot, level, seed) if paired else {}
             record.update({f"vs_{kind}_{m}": bootstrap.verdict(diff, m) for m in bootstrap.METRIC_NAMES})
         out.append(record)
     return pl.DataFrame(out, infer_schema_length=None)
@@ -98,7 +99,8 @@ def alignment_gains(results: pl.DataFrame, metric: str) -> pl.DataFrame:
     """Per domain, training format T and prompt format P of RQ3: sft = the metric of SFT on T, sft_icl = that of
     SFT+ICL on (T, P), gain = (sft_icl - sft) / sft (null when sft is 0 or missing), aligned = T == P."""
     rq3 = _means(_labelled(results).filter((pl.col("method") == STUDENT) & (pl.col("rq") == "rq3")), metric)
-    sft = {(r["domain"], r["knowledge_format"]): r["value"] for r in rq3.filter(pl.col("utilization") == "sft").iter_rows(named=True)}
+    sft = {(r["domain"], r["knowledge_format"]): r["value"]
+           for r in rq3.filter(pl.col("utilization") == "sft").iter_rows(named=True)}
     out = []
     for r in rq3.filter(pl.col("utilization") == "sft+icl").iter_rows(named=True):
         train, _, prompt = r["knowledge_format"].partition("|")
@@ -154,7 +156,8 @@ def cost_table(results: pl.DataFrame) -> pl.DataFrame:
     teacher = (table.filter((pl.col("method") == TEACHER) & (pl.col("knowledge_format") == "none"))
                .group_by("domain").agg(teacher_tokens_per_1k=pl.col("tokens_per_1k").first(),
                                        teacher_seconds_per_1k=pl.col("seconds_per_1k").first()))
-    saved_tokens = pl.col("teacher_tokens_per_1k") / PER - pl.when(student).then(0).otherwise(pl.col("tokens_per_1k") / PER)
+    spent_tokens = pl.when(student).then(0).otherwise(pl.col("tokens_per_1k") / PER)  # student tokens are not teacher's
+    saved_tokens = pl.col("teacher_tokens_per_1k") / PER - spent_tokens
     saved_seconds = (pl.col("teacher_seconds_per_1k") - pl.col("seconds_per_1k")) / PER
     table = table.join(teacher, on="domain", how="left").with_columns(
         break_even_tokens=pl.when(saved_tokens > 0).then((pl.col("one_off_tokens") / saved_tokens).ceil()),

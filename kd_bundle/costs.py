@@ -29,8 +29,8 @@ def knowledge_tokens(texts: list[str | None]) -> int:
 def knowledge_quantity(kind: str, frame: pl.DataFrame) -> dict[str, int]:
     """QUANTITY_COLUMNS of one knowledge frame, by its artifact kind: "sessions" (raw), "patterns",
     "session_rules" or "thoughts". Unknown kinds are an error naming the kind."""
-    zero = dict(train_sessions=0, pattern_lines=0, rule_count=0, thought_count=0, knowledge_tokens=0,
-                knowledge_failed=0, feedback_rounds=0)
+    zero = dict.fromkeys(("train_sessions", "pattern_lines", "rule_count", "thought_count", "knowledge_tokens",
+                          "knowledge_failed", "feedback_rounds"), 0)
     if kind == "sessions":
         train = frame.filter(pl.col("split") == "train") if "split" in frame.columns else frame
         return {**zero, "train_sessions": train.height}
@@ -46,7 +46,8 @@ def knowledge_quantity(kind: str, frame: pl.DataFrame) -> dict[str, int]:
                 "feedback_rounds": int(frame["feedback_rounds"].sum() or 0)}
     if kind == "thoughts":
         return {**base, "thought_count": frame.filter(pl.col("thought").is_not_null()).height}
-    raise ValueError(f"knowledge_quantity: unknown knowledge kind {kind!r} (sessions, patterns, session_rules, thoughts)")
+    raise ValueError(f"knowledge_quantity: unknown knowledge kind {kind!r} "
+                     "(expected sessions, patterns, session_rules or thoughts)")
 
 
 def add_quantities(parts: list[dict[str, int]]) -> dict[str, int]:
@@ -66,7 +67,8 @@ def conversation_request_keys(frame: pl.DataFrame, teacher: TeacherConfig) -> li
     keys = []
     for conversation in frame["conversation"].to_list():
         turns = [{"role": t["role"], "content": t["content"]} for t in conversation or []]
-        keys += [request_key(teacher.model, turns[:i], generation) for i, t in enumerate(turns) if t["role"] == "assistant"]
+        keys += [request_key(teacher.model, turns[:i], generation)
+                 for i, t in enumerate(turns) if t["role"] == "assistant"]
     return keys
 
 

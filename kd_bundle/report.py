@@ -23,7 +23,7 @@ from kd_bundle.plots import plot_results
 from kd_bundle.report_tables import METRICS, REQUIRED_COLUMNS, markdown_tables
 from kd_bundle.results import conform
 
-__all__ = ["markdown_report", "markdown_tables", "plot_results", "read_results", "cli"]
+__all__ = ["cli", "markdown_report", "markdown_tables", "plot_results", "read_results"]
 _LABELS = {"domain": "Domain", "rq": "RQ", "method": "Method", "knowledge_format": "Knowledge", "strategy": "Strategy",
            "ratio": "Ratio", "utilization": "Utilization"}
 
@@ -56,7 +56,7 @@ def markdown_report(results: pl.DataFrame, *, strict: bool = True, n_boot: int =
         "feedback_rounds": "Feedback rounds", "extraction_tokens": "Teacher tokens", "extraction_cost": "Cost",
         "extraction_seconds": "Teacher s"},
         "Items: training sessions (raw), pattern lines, rules or thoughts. Cost '-': no price configured.")
-    lines += _section(f"Cost per {analysis.PER:,} sessions, teacher vs distilled student", analysis.cost_table(results), {
+    lines += _section(f"Cost per {analysis.PER:,} sessions, teacher vs student", analysis.cost_table(results), {
         **{k: v for k, v in _LABELS.items() if k not in ("rq", "strategy", "ratio")}, "n_sessions": "Sessions",
         "tokens_per_1k": "Tokens", "seconds_per_1k": "Seconds", "money_per_1k": "Money",
         "one_off_tokens": "One-off teacher tokens", "one_off_money": "One-off money",
@@ -117,7 +117,8 @@ def _confidence_section(table: pl.DataFrame, prefix: str, kind: str) -> list[str
         nothing = r["n_scored"] == 0
         values = ["- (nothing scored)" if nothing else _interval(r, f"{prefix}{m}") for m in METRICS]
         verdicts = [" ".join(r[f"vs_{k}_{prefix}{m}"] or "." for m in METRICS) for k in ("zero_shot", "teacher")]
-        rows.append([_text(r[c], plain=c == "ratio") for c in _LABELS] + values + [f"{r['n_scored']}/{r['n_sessions']}", *verdicts])
+        labels = [_text(r[c], plain=c == "ratio") for c in _LABELS]
+        rows.append(labels + values + [f"{r['n_scored']}/{r['n_sessions']}", *verdicts])
     note = (f"95% percentile-bootstrap intervals over sessions ({kind} metrics); seeds pooled per session. Verdicts "
             "per P R C from a paired bootstrap on the sessions both rows share: '+' above, '-' below, '=' not "
             "distinguishable, '.' no per-session data or the row itself.")
@@ -128,7 +129,8 @@ def _section(title: str, frame: pl.DataFrame, columns: dict[str, str], note: str
              percent: set[str] | None = None) -> list[str]:
     if frame.height == 0:
         return []
-    rows = [[_text(r.get(c), c in (percent or set()), c == "ratio") for c in columns] for r in frame.iter_rows(named=True)]
+    percent = percent or set()
+    rows = [[_text(r.get(c), c in percent, c == "ratio") for c in columns] for r in frame.iter_rows(named=True)]
     return ["", f"## {title}", "", *([note, ""] if note else []), *_markdown(list(columns.values()), rows)]
 
 

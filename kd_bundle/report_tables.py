@@ -36,9 +36,9 @@ def markdown_tables(results: pl.DataFrame, *, strict: bool = True) -> str:
     lines = [
         "# kd-bundle results",
         "",
-        f"{results.height} result rows; domains: {', '.join(domains) or 'none'}; metrics: {kind} precision (P), "
-        "recall (R), coverage (C); n = sessions scored / sessions; best student value per column in bold; "
-        f"'-' = no value ({NOTHING_SCORED}: every output failed, or the row is absent).",
+        (f"{results.height} result rows; domains: {', '.join(domains) or 'none'}; metrics: {kind} precision (P), "
+         "recall (R), coverage (C); n = sessions scored / sessions; best student value per column in bold; "
+         f"'-' = no value ({NOTHING_SCORED}: every output failed, or the row is absent)."),
     ]
     if {"n_sessions", "n_failed"} <= set(results.columns) and results.height:
         failed, total = results["n_failed"].sum(), results["n_sessions"].sum()

@@ -28,38 +28,35 @@ RESULT_SCHEMA: dict[str, pl.DataType] = {
     "teacher_tokens": pl.Int64,  # teacher inference: prompt + completion tokens behind this row's predictions
     "wall_seconds": pl.Float64,  # inference seconds behind the predictions (student generation or teacher latency)
     "predictions_sha256": pl.String,
-    **{  # costs; null = not measured (baselines, artifacts older than the measurement)
-        "inference_prompt_tokens": pl.Int64,  # summed over sessions
-        "inference_new_tokens": pl.Int64,
-        "train_seconds": pl.Float64,  # of the adapter the row used; 0 for ICL and the teacher
-        "train_tokens": pl.Int64,
-        "teacher_cost": pl.Float64,  # money of the teacher's inference, where a price is configured
-        "extraction_tokens": pl.Int64,  # teacher tokens that produced the knowledge the row used (rules, thoughts)
-        "extraction_cost": pl.Float64,
-        "extraction_seconds": pl.Float64,  # summed request latency
-    },
-    **{  # knowledge quantity in the pool the row used (0 where the format is absent)
-        "train_sessions": pl.Int64,  # training sessions the knowledge (or adapter) came from
-        "pattern_lines": pl.Int64,
-        "rule_count": pl.Int64,  # rule lines over the sessions' rule sets
-        "thought_count": pl.Int64,
-        "knowledge_tokens": pl.Int64,  # word-and-punctuation tokens of every knowledge text (model-independent)
-        "knowledge_failed": pl.Int64,  # training sessions whose extraction failed
-        "knowledge_truncated": pl.Int64,  # teacher answers cut off at max_tokens
-        "feedback_rounds": pl.Int64,  # rule self-reflection feedback turns used
-    },
+    # costs; null = not measured (baselines, artifacts older than the measurement)
+    "inference_prompt_tokens": pl.Int64,  # summed over sessions
+    "inference_new_tokens": pl.Int64,
+    "train_seconds": pl.Float64,  # of the adapter the row used; 0 for ICL and the teacher
+    "train_tokens": pl.Int64,
+    "teacher_cost": pl.Float64,  # money of the teacher's inference, where a price is configured
+    "extraction_tokens": pl.Int64,  # teacher tokens that produced the knowledge the row used (rules, thoughts)
+    "extraction_cost": pl.Float64,
+    "extraction_seconds": pl.Float64,  # summed request latency
+    # knowledge quantity in the pool the row used (0 where the format is absent)
+    "train_sessions": pl.Int64,  # training sessions the knowledge (or adapter) came from
+    "pattern_lines": pl.Int64,
+    "rule_count": pl.Int64,  # rule lines over the sessions' rule sets
+    "thought_count": pl.Int64,
+    "knowledge_tokens": pl.Int64,  # word-and-punctuation tokens of every knowledge text (model-independent)
+    "knowledge_failed": pl.Int64,  # training sessions whose extraction failed
+    "knowledge_truncated": pl.Int64,  # teacher answers cut off at max_tokens
+    "feedback_rounds": pl.Int64,  # rule self-reflection feedback turns used
     "sampling_seed": pl.Int64,
     "training_seed": pl.Int64,
-    **{  # one entry per session scored against, in session_ids order (kd_bundle.metrics.session_lists)
-        "session_ids": pl.List(pl.Int64),
-        "session_scored": pl.List(pl.Boolean),  # in AICL's evaluated set S
-        "session_precision": pl.List(pl.Float64),  # 0 unless scored
-        "session_recall": pl.List(pl.Float64),  # AICL recall, 0 unless scored
-        "session_hits": pl.List(pl.Int64),
-        "session_coverage_sum": pl.List(pl.Float64),
-        "session_strict_recall": pl.List(pl.Float64),
-        "session_strict_coverage": pl.List(pl.Float64),
-    },
+    # one entry per session scored against, in session_ids order (kd_bundle.metrics.session_lists)
+    "session_ids": pl.List(pl.Int64),
+    "session_scored": pl.List(pl.Boolean),  # in AICL's evaluated set S
+    "session_precision": pl.List(pl.Float64),  # 0 unless scored
+    "session_recall": pl.List(pl.Float64),  # AICL recall, 0 unless scored
+    "session_hits": pl.List(pl.Int64),
+    "session_coverage_sum": pl.List(pl.Float64),
+    "session_strict_recall": pl.List(pl.Float64),
+    "session_strict_coverage": pl.List(pl.Float64),
 }
 COST_COLUMNS = ["inference_prompt_tokens", "inference_new_tokens", "train_seconds", "train_tokens", "teacher_cost",
                 "extraction_tokens", "extraction_cost", "extraction_seconds"]

@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 _DISTILLED_KINDS = ("session_rules", "thoughts")
 
 
-@stage_task("metrics", "results", "sessions", "costs", task_run_name="score-{labels.method}-{labels.knowledge_format}-{labels.utilization}")
+@stage_task("metrics", "results", "sessions", "costs",
+            task_run_name="score-{labels.method}-{labels.knowledge_format}-{labels.utilization}")
 def score_predictions(all_sessions: ArtifactRef, predictions: ArtifactRef, labels: results.CellLabels,
                       split: str = "test", *, adapter: ArtifactRef | None = None,
                       knowledge: dict[str, ArtifactRef] | None = None, teacher: TeacherConfig | None = None,
