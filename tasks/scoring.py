@@ -70,6 +70,11 @@ def _knowledge_columns(knowledge: dict[str, ArtifactRef], teacher: TeacherConfig
     return columns
 
 
+@stage_task("results", task_run_name="collect-results")
+def collect_results(rows: list[ArtifactRef]) -> ArtifactRef:
+    return write_artifact(results.combine_results([read_artifact(row) for row in rows]), "results")
+
+
 def publish_results(table: ArtifactRef, key: str, out_dir: Path) -> Path:
     """Called from a flow, not a task: side effects only, so nothing to cache. A stable copy of the table
     under `out_dir`, each row's predictions as the JSON Lines `python -m kd_bundle score` reads (in
