@@ -59,9 +59,11 @@ def _table(markdown: str, title: str) -> list[list[str]]:
     lines = markdown.splitlines()
     start = next(i for i, line in enumerate(lines) if line.lstrip("#").strip().startswith(title))
     table = []
-    for line in lines[start + 2:]:
+    for line in lines[start + 1:]:  # notes may stand between the heading and its table
         if not line.startswith("|"):
-            break
+            if table:
+                break
+            continue
         table.append([c.strip() for c in line.strip("|").split("|")])
     return [table[0]] + table[2:]
 
@@ -192,3 +194,16 @@ def test_cli_errors_name_the_problem(results, tmp_path):
     results.drop("coverage").write_parquet(path)
     partial = _run("--results", str(path))
     assert partial.returncode == 2 and "['coverage']" in partial.stderr
+
+
+def test_report_of_a_table_older_than_the_cost_and_session_columns(results):
+    from kd_bundle.report import markdown_report
+    from kd_bundle.results import OPTIONAL_COLUMNS
+
+    old = results.filter(pl.col("domain") == "food").drop(OPTIONAL_COLUMNS)
+    markdown = markdown_report(old, n_boot=50)
+    table = _table(markdown, "Confidence")
+    sft_rules = next(r for r in table if r[1:7] == ["rq1", "student", "rules", "all", "1", "sft"])
+    assert sft_rules[7:11] == ["0.260", "0.410", "0.310", "9/10"], "no per-session data: means, no interval"
+    assert "## Cost" not in markdown and "## Knowledge quantity" not in markdown, "nothing measured, nothing shown"
+    assert "## Factor impact" in markdown and "## Alignment" in markdown
