@@ -207,3 +207,16 @@ def test_report_of_a_table_older_than_the_cost_and_session_columns(results):
     assert sft_rules[7:11] == ["0.260", "0.410", "0.310", "9/10"], "no per-session data: means, no interval"
     assert "## Cost" not in markdown and "## Knowledge quantity" not in markdown, "nothing measured, nothing shown"
     assert "## Factor impact" in markdown and "## Alignment" in markdown
+
+
+def test_quantity_plot_per_domain_and_format(tmp_path):
+    from kd_bundle.plots import plot_quantity
+
+    quantity = pl.DataFrame({"domain": ["food"] * 4, "knowledge_format": ["rules"] * 4,
+                             "strategy": ["random", "random", "length", "length"], "ratio": [0.5, 1.0, 0.5, 1.0],
+                             "train_sessions": [5, 10, 5, 10], "pattern_lines": [0] * 4, "rule_count": [12, 30, 9, 30],
+                             "thought_count": [0] * 4, "knowledge_tokens": [300, 700, 250, 700]})
+    paths = plot_quantity(quantity, tmp_path)
+    assert [p.name for p in paths] == ["quantity_food_rules.png"] and paths[0].stat().st_size > 5_000
+    assert plot_quantity(quantity.with_columns(pl.lit(None).alias("train_sessions"), pl.lit(None).alias("rule_count"),
+                                               pl.lit(None).alias("knowledge_tokens")), tmp_path / "old") == []
