@@ -160,10 +160,12 @@ def cost_table(results: pl.DataFrame) -> pl.DataFrame:
     saved_tokens = pl.col("teacher_tokens_per_1k") / PER - spent_tokens
     saved_seconds = (pl.col("teacher_seconds_per_1k") - pl.col("seconds_per_1k")) / PER
     table = table.join(teacher, on="domain", how="left").with_columns(
-        break_even_tokens=pl.when(saved_tokens > 0).then((pl.col("one_off_tokens") / saved_tokens).ceil()),
-        break_even_seconds=pl.when(saved_seconds > 0).then((pl.col("one_off_seconds") / saved_seconds).ceil()),
+        break_even_tokens=pl.when(saved_tokens > 0).then((pl.col("one_off_tokens") / saved_tokens).ceil()).cast(pl.Int64),
+        break_even_seconds=pl.when(saved_seconds > 0).then((pl.col("one_off_seconds") / saved_seconds).ceil())
+        .cast(pl.Int64),
     )
-    measured = pl.col("seconds_per_1k").is_not_null() | (pl.col("tokens_per_1k").fill_null(0) > 0)
+    measured = (pl.col("seconds_per_1k").is_not_null() | (pl.col("tokens_per_1k").fill_null(0) > 0)
+                | (pl.col("one_off_tokens").fill_null(0) > 0) | (pl.col("train_seconds").fill_null(0) > 0))
     return table.filter(measured).select(keys + ["n_sessions", "tokens_per_1k", "seconds_per_1k", "money_per_1k",
                                           "one_off_tokens", "one_off_money", "one_off_seconds", "train_seconds",
                                           "break_even_tokens", "break_even_seconds"])
