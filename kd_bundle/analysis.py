@@ -160,7 +160,8 @@ def cost_table(results: pl.DataFrame) -> pl.DataFrame:
     saved_tokens = pl.col("teacher_tokens_per_1k") / PER - spent_tokens
     saved_seconds = (pl.col("teacher_seconds_per_1k") - pl.col("seconds_per_1k")) / PER
     table = table.join(teacher, on="domain", how="left").with_columns(
-        break_even_tokens=pl.when(saved_tokens > 0).then((pl.col("one_off_tokens") / saved_tokens).ceil()).cast(pl.Int64),
+        break_even_tokens=pl.when(saved_tokens > 0).then((pl.col("one_off_tokens") / saved_tokens).ceil())
+        .cast(pl.Int64),
         break_even_seconds=pl.when(saved_seconds > 0).then((pl.col("one_off_seconds") / saved_seconds).ceil())
         .cast(pl.Int64),
     )
