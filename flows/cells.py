@@ -197,8 +197,8 @@ class Plan:
         used, pool = (*train, *grid.formats_of(cell.prompt_format)), full_pool(cell.strategy, cell.ratio)
         raw = (self.sampled_sessions(cell.domain, *pool) if len(sources) == 1
                else self.pooled_sessions(cell.domain, sources))
-        knowledge = {f: raw if f == "raw" else self.pool(cell.domain, sources, f, *pool)
-                     for f in ("raw", *used)} if used else {}
+        knowledge = {"sessions": raw, **{f: raw if f == "raw" else self.pool(cell.domain, sources, f, *pool)
+                                         for f in used}} if used else {}
         return score_predictions(self.sessions(cell.domain), predictions, labels, adapter=adapter,
                                  knowledge=knowledge, teacher=self.cfg.teacher)
 

@@ -33,7 +33,8 @@ def knowledge_quantity(kind: str, frame: pl.DataFrame) -> dict[str, int]:
                           "knowledge_failed", "feedback_rounds"), 0)
     if kind == "sessions":
         train = frame.filter(pl.col("split") == "train") if "split" in frame.columns else frame
-        return {**zero, "train_sessions": train.height}
+        titles = [" ".join(t) for t in train["titles"].to_list() if t] if "titles" in train.columns else []
+        return {**zero, "train_sessions": train.height, "knowledge_tokens": knowledge_tokens(titles)}
     if kind == "patterns":
         itemsets = frame.filter(pl.col("kind") == "itemset") if "kind" in frame.columns else frame
         text = [" ".join(c) for c in itemsets["categories"].to_list()] if "categories" in frame.columns else []

@@ -29,7 +29,8 @@ def score_predictions(all_sessions: ArtifactRef, predictions: ArtifactRef, label
     """One results row: scores, per-session lists, and the cost and quantity columns of what the row used.
 
     `adapter`: the student's adapter (training stats); `knowledge`: format -> the pool the row drew on (quantities,
-    and for rules / thoughts the extraction usage, looked up in the request cache with `teacher`'s request keys);
+    and for rules / thoughts the extraction usage, looked up in the request cache with `teacher`'s request keys),
+    plus "sessions" -> the training sessions behind them (counted only: raw examples are knowledge when "raw" is used);
     `teacher_usage`: the usage frame of teacher inference (teacher rows). Without them the columns stay null.
     """
     target = sessions.split_of(read_artifact(all_sessions), split)
@@ -48,8 +49,12 @@ def score_predictions(all_sessions: ArtifactRef, predictions: ArtifactRef, label
 
 
 def _knowledge_columns(knowledge: dict[str, ArtifactRef], teacher: TeacherConfig | None) -> dict:
-    frames = {ref.kind: read_artifact(ref) for ref in knowledge.values()}
-    columns = costs.add_quantities([costs.knowledge_quantity(kind, f) for kind, f in frames.items()])
+    frames = {ref.kind: read_artifact(ref) for name, ref in knowledge.items() if name != "sessions"}
+    counted = []
+    if "sessions" in knowledge:  # the training sessions behind the pools: counted; their text is not knowledge here
+        raw = costs.knowledge_quantity("sessions", read_artifact(knowledge["sessions"]))
+        counted.append({"train_sessions": raw["train_sessions"]})
+    columns = costs.add_quantities(counted + [costs.knowledge_quantity(kind, f) for kind, f in frames.items()])
     distilled = [f for kind, f in frames.items() if kind in _DISTILLED_KINDS]
     spent: dict = {"tokens": 0, "cost": 0.0, "seconds": 0.0, "truncated": 0}
     if distilled and teacher is None:

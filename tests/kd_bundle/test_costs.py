@@ -62,8 +62,12 @@ def test_knowledge_quantity_of_real_rules_and_thoughts(stub, electronic_sessions
     assert costs.knowledge_quantity("thoughts", thoughts)["thought_count"] == 4
     raw = costs.knowledge_quantity("sessions", electronic_sessions)
     assert raw["train_sessions"] == 4 and raw["rule_count"] == 0
+    train_titles = electronic_sessions.filter(pl.col("split") == "train")["titles"].to_list()
+    assert raw["knowledge_tokens"] == costs.knowledge_tokens([" ".join(t) for t in train_titles]) > 0
     both = costs.add_quantities([raw, rules, costs.knowledge_quantity("thoughts", thoughts)])
     assert both["train_sessions"] == 4 and both["thought_count"] == 4 and both["rule_count"] == rules["rule_count"]
+    assert both["knowledge_tokens"] == raw["knowledge_tokens"] + rules["knowledge_tokens"] + costs.knowledge_tokens(
+        thoughts["knowledge"].to_list())
     with pytest.raises(ValueError, match="unknown knowledge kind 'embeddings'"):
         costs.knowledge_quantity("embeddings", thoughts)
 
