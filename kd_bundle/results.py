@@ -58,6 +58,7 @@ RESULT_SCHEMA: dict[str, pl.DataType] = {
     "session_strict_recall": pl.List(pl.Float64),
     "session_strict_coverage": pl.List(pl.Float64),
 }
+TIMING_COLUMNS = ["wall_seconds", "train_seconds", "extraction_seconds"]  # clocks: differ between equal runs
 COST_COLUMNS = ["inference_prompt_tokens", "inference_new_tokens", "train_seconds", "train_tokens", "teacher_cost",
                 "extraction_tokens", "extraction_cost", "extraction_seconds"]
 QUANTITY_COLUMNS = ["train_sessions", "pattern_lines", "rule_count", "thought_count", "knowledge_tokens",
