@@ -17,7 +17,7 @@ import polars as pl
 
 from kd_bundle.teacher import TeacherConfig, request_key
 
-TRAIN_STATS_FILE = "train_stats.json"  # written into an adapter folder by tasks.student.train_adapter
+TRAIN_STATS_SUFFIX = ".train_stats.json"  # beside a stored adapter folder, written by tasks.student.train_adapter
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 
 
@@ -107,12 +107,18 @@ def inference_usage(predictions: pl.DataFrame) -> dict[str, Any]:
             "wall_seconds": None if seconds is None else float(seconds)}
 
 
+def train_stats_path(adapter_dir: Path) -> Path:
+    """Where an adapter's training stats live: beside its folder, not in it, because the folder's name is the hash
+    of its files and the stats hold a clock reading (two equal trainings must give one adapter)."""
+    return Path(adapter_dir).with_name(Path(adapter_dir).name + TRAIN_STATS_SUFFIX)
+
+
 def read_train_stats(adapter_dir: Path | None) -> dict[str, Any]:
     """Training seconds and tokens of an adapter; 0 without an adapter (ICL); null for an adapter trained before
-    train_stats.json was written."""
+    its stats were written."""
     if adapter_dir is None:
         return {"train_seconds": 0.0, "train_tokens": 0}
-    path = Path(adapter_dir) / TRAIN_STATS_FILE
+    path = train_stats_path(adapter_dir)
     if not path.is_file():
         return {"train_seconds": None, "train_tokens": None}
     try:

@@ -85,9 +85,11 @@ def test_inference_usage_and_train_stats(tmp_path):
     assert costs.inference_usage(new) == {"inference_prompt_tokens": 220, "inference_new_tokens": 30,
                                           "wall_seconds": 3.5}
     assert costs.read_train_stats(None) == {"train_seconds": 0.0, "train_tokens": 0}
-    assert costs.read_train_stats(tmp_path) == {"train_seconds": None, "train_tokens": None}
-    (tmp_path / costs.TRAIN_STATS_FILE).write_text(json.dumps({"seconds": 12.5, "train_tokens": 4096}))
-    assert costs.read_train_stats(tmp_path) == {"train_seconds": 12.5, "train_tokens": 4096}
-    (tmp_path / costs.TRAIN_STATS_FILE).write_text("{")
+    adapter = tmp_path / "abc123"
+    adapter.mkdir()
+    assert costs.read_train_stats(adapter) == {"train_seconds": None, "train_tokens": None}
+    (tmp_path / "abc123.train_stats.json").write_text(json.dumps({"seconds": 12.5, "train_tokens": 4096}))
+    assert costs.read_train_stats(adapter) == {"train_seconds": 12.5, "train_tokens": 4096}
+    (tmp_path / "abc123.train_stats.json").write_text("{")
     with pytest.raises(ValueError, match="unreadable training stats"):
-        costs.read_train_stats(tmp_path)
+        costs.read_train_stats(adapter)
