@@ -232,8 +232,18 @@ class Plan:
 
     def score_cell(self, cell: grid.Cell) -> ArtifactRef:
         predictions = self.predictions(cell)
-        labels = CellLabels(**cell.result_fields(), method="student", model=self.cfg.student.model)
-        return score_predictions(self.sessions(cell.domain), predictions, labels)
+        sources, train = cell.source_domains, grid.formats_of(cell.train_format)
+        labels = CellLabels(**cell.result_fields(), method="student", model=self.cfg.student.model,
+                            sampling_seed=self.cfg.sampling_seed, training_seed=self.cfg.sft.seed if train else None)
+        adapter = self.adapter(cell.domain, sources, train, cell.strategy, cell.ratio) if train else None
+        # The pools this cell drew on (all memoised: no task is asked twice), for its quantity and extraction cost.
+        used, pool = (*train, *grid.formats_of(cell.prompt_format)), full_pool(cell.strategy, cell.ratio)
+        raw = (self.sampled_sessions(cell.domain, *pool) if len(sources) == 1
+               else self.pooled_sessions(cell.domain, sources))
+        knowledge = {"sessions": raw, **{f: raw if f == "raw" else self.pool(cell.domain, sources, f, *pool)
+                                         for f in used}} if used else {}
+        return score_predictions(self.sessions(cell.domain), predictions, labels, adapter=adapter,
+                                 knowledge=knowledge, teacher=self.cfg.teacher)
 
     def reference_rows(self, domain: str) -> list[ArtifactRef]:
         """The rows every table carries: the two non-LLM baselines and the teacher."""
@@ -248,7 +258,9 @@ class Plan:
             labels = CellLabels(domain=domain, method="teacher", knowledge_format=fmt,
                                 utilization="none" if fmt == "none" else "icl", model=self.cfg.teacher.model,
                                 teacher_tokens=answer.tokens)
-            rows.append(score_predictions(sessions, answer.predictions, labels))
+            pools = {} if fmt == "none" else {f: self.knowledge(domain, f) for f in grid.formats_of(fmt)}
+            rows.append(score_predictions(sessions, answer.predictions, labels, teacher_usage=answer.usage,
+                                          knowledge=pools, teacher=self.cfg.teacher))
         return rows
 
 

@@ -100,6 +100,21 @@ def summarise_scores(per_session: pl.DataFrame) -> dict[str, float | int]:
     }
 
 
+def session_lists(per_session: pl.DataFrame) -> dict[str, list]:
+    """The per-session values a results row keeps (kd_bundle.results SESSION_COLUMNS), so that intervals can be
+    bootstrapped from a results table alone: every metric of SCORE_KEYS is recomputable from these lists."""
+    return {
+        "session_ids": per_session["session_id"].to_list(),
+        "session_scored": (per_session["status"] == "scored").to_list(),
+        "session_precision": per_session["precision"].to_list(),
+        "session_recall": per_session["recall"].to_list(),
+        "session_hits": per_session["n_hits"].to_list(),
+        "session_coverage_sum": per_session["coverage_sum"].to_list(),
+        "session_strict_recall": per_session["strict_recall"].to_list(),
+        "session_strict_coverage": per_session["strict_coverage"].to_list(),
+    }
+
+
 def _score_session(generated: list[list[str]] | None, truth: list[list[str]], has_row: bool) -> dict[str, Any]:
     """Per-session counts; `generated` None means the output failed (or there was no prediction row)."""
     kept = [set(g) for g in (generated or []) if len(set(g)) >= 2]

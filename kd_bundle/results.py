@@ -25,10 +25,47 @@ RESULT_SCHEMA: dict[str, pl.DataType] = {
     "n_sessions": pl.Int64,
     "n_scored": pl.Int64,
     "n_failed": pl.Int64,
-    "teacher_tokens": pl.Int64,
-    "wall_seconds": pl.Float64,
+    "teacher_tokens": pl.Int64,  # teacher inference: prompt + completion tokens behind this row's predictions
+    "wall_seconds": pl.Float64,  # inference seconds behind the predictions (student generation or teacher latency)
     "predictions_sha256": pl.String,
+    # costs; null = not measured (baselines, artifacts older than the measurement)
+    "inference_prompt_tokens": pl.Int64,  # summed over sessions
+    "inference_new_tokens": pl.Int64,
+    "train_seconds": pl.Float64,  # of the adapter the row used; 0 for ICL and the teacher
+    "train_tokens": pl.Int64,
+    "teacher_cost": pl.Float64,  # money of the teacher's inference, where a price is configured
+    "extraction_tokens": pl.Int64,  # teacher tokens that produced the knowledge the row used (rules, thoughts)
+    "extraction_cost": pl.Float64,
+    "extraction_seconds": pl.Float64,  # summed request latency
+    # knowledge quantity in the pool the row used (0 where the format is absent)
+    "train_sessions": pl.Int64,  # training sessions the knowledge (or adapter) came from
+    "pattern_lines": pl.Int64,
+    "rule_count": pl.Int64,  # rule lines over the sessions' rule sets
+    "thought_count": pl.Int64,
+    "knowledge_tokens": pl.Int64,  # word-and-punctuation tokens of every knowledge text (model-independent)
+    "knowledge_failed": pl.Int64,  # training sessions whose extraction failed
+    "knowledge_truncated": pl.Int64,  # teacher answers cut off at max_tokens
+    "feedback_rounds": pl.Int64,  # rule self-reflection feedback turns used
+    "sampling_seed": pl.Int64,
+    "training_seed": pl.Int64,
+    # one entry per session scored against, in session_ids order (kd_bundle.metrics.session_lists)
+    "session_ids": pl.List(pl.Int64),
+    "session_scored": pl.List(pl.Boolean),  # in AICL's evaluated set S
+    "session_precision": pl.List(pl.Float64),  # 0 unless scored
+    "session_recall": pl.List(pl.Float64),  # AICL recall, 0 unless scored
+    "session_hits": pl.List(pl.Int64),
+    "session_coverage_sum": pl.List(pl.Float64),
+    "session_strict_recall": pl.List(pl.Float64),
+    "session_strict_coverage": pl.List(pl.Float64),
 }
+TIMING_COLUMNS = ["wall_seconds", "train_seconds", "extraction_seconds"]  # clocks: differ between equal runs
+COST_COLUMNS = ["inference_prompt_tokens", "inference_new_tokens", "train_seconds", "train_tokens", "teacher_cost",
+                "extraction_tokens", "extraction_cost", "extraction_seconds"]
+QUANTITY_COLUMNS = ["train_sessions", "pattern_lines", "rule_count", "thought_count", "knowledge_tokens",
+                    "knowledge_failed", "knowledge_truncated", "feedback_rounds"]
+SESSION_COLUMNS = ["session_ids", "session_scored", "session_precision", "session_recall", "session_hits",
+                   "session_coverage_sum", "session_strict_recall", "session_strict_coverage"]
+OPTIONAL_COLUMNS = COST_COLUMNS + QUANTITY_COLUMNS + ["sampling_seed", "training_seed"] + SESSION_COLUMNS
 METRIC_COLUMNS = ["precision", "recall", "coverage", "strict_precision", "strict_recall", "strict_coverage"]
 
 _DEFAULTS: dict[str, Any] = {
@@ -38,8 +75,9 @@ _DEFAULTS: dict[str, Any] = {
     "utilization": "none",
     "model": "",
     "teacher_tokens": 0,
-    "wall_seconds": 0.0,
+    "wall_seconds": None,  # not measured (0 would read as free)
     "predictions_sha256": "",
+    **{c: None for c in OPTIONAL_COLUMNS},
 }
 
 
@@ -73,12 +111,23 @@ class CellLabels(BaseModel, frozen=True):
     utilization: str = "none"
     model: str = ""
     teacher_tokens: int = 0
+    sampling_seed: int | None = None
+    training_seed: int | None = None
 
 
-def scored_row(labels: CellLabels, scores: dict[str, Any], predictions_sha256: str = "") -> pl.DataFrame:
-    """A results row from labels and a metrics dict (extra metric keys are ignored)."""
+def scored_row(labels: CellLabels, scores: dict[str, Any], predictions_sha256: str = "",
+               extra: dict[str, Any] | None = None) -> pl.DataFrame:
+    """A results row from labels, a metrics dict (extra metric keys are ignored) and `extra` columns (costs,
+    quantities, per-session lists); an `extra` key outside RESULT_SCHEMA is an error."""
     metrics = {k: v for k, v in scores.items() if k in RESULT_SCHEMA}
-    return result_row(**labels.model_dump(), **metrics, predictions_sha256=predictions_sha256)
+    return result_row(**labels.model_dump(), **metrics, **(extra or {}), predictions_sha256=predictions_sha256)
+
+
+def conform(results: pl.DataFrame) -> pl.DataFrame:
+    """A results table written before the optional columns existed, given them as nulls (cost and session
+    columns unknown), so every analysis reads any results Parquet; other columns are kept as they are."""
+    missing = [pl.lit(None, dtype=RESULT_SCHEMA[c]).alias(c) for c in OPTIONAL_COLUMNS if c not in results.columns]
+    return results.with_columns(missing) if missing else results
 
 
 def markdown_table(results: pl.DataFrame, digits: int = 3) -> str:

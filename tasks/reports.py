@@ -18,7 +18,7 @@ def publish_report(table: ArtifactRef, key: str, out_dir: Path) -> Path:
     results = read_artifact(table)
     folder = out_dir / key
     folder.mkdir(parents=True, exist_ok=True)
-    markdown = report.markdown_tables(results)
+    markdown = report.markdown_report(results)
     plots = report.plot_results(results, folder)
     (folder / "report.md").write_text(markdown + "\n" + "\n".join(f"![{p.stem}]({p.name})" for p in plots) + "\n")
     listing = "\n".join(f"- `{p}` (image artifact `{plot_key(key, p)}`)" for p in plots)

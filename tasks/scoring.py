@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -9,21 +10,72 @@ import polars as pl
 from prefect.artifacts import create_table_artifact
 from prefect.runtime import flow_run
 
-from kd_bundle import metrics, results, sessions
+from kd_bundle import costs, metrics, results, sessions
 from kd_bundle.config import DataConfig, settings
 from kd_bundle.manifest import build_manifest, files_sha256, seeds_in, write_with_manifest
 from kd_bundle.predictions import write_predictions_jsonl
 from kd_bundle.store import ArtifactRef, read_artifact, write_artifact
+from kd_bundle.teacher import RequestCache, TeacherConfig, request_cache_path
 from tasks.common import stage_task
 from tasks.sessions import _domain_files
 
+log = logging.getLogger(__name__)
+_DISTILLED_KINDS = ("session_rules", "thoughts")
 
-@stage_task("metrics", "results", "sessions", task_run_name="score-{labels.method}-{labels.knowledge_format}-{labels.utilization}")
+
+@stage_task("metrics", "results", "sessions", "costs",
+            task_run_name="score-{labels.method}-{labels.knowledge_format}-{labels.utilization}")
 def score_predictions(all_sessions: ArtifactRef, predictions: ArtifactRef, labels: results.CellLabels,
-                      split: str = "test") -> ArtifactRef:
+                      split: str = "test", *, adapter: ArtifactRef | None = None,
+                      knowledge: dict[str, ArtifactRef] | None = None, teacher: TeacherConfig | None = None,
+                      teacher_usage: ArtifactRef | None = None) -> ArtifactRef:
+    """One results row: scores, per-session lists, and the cost and quantity columns of what the row used.
+
+    `adapter`: the student's adapter (training stats); `knowledge`: format -> the pool the row drew on (quantities,
+    and for rules / thoughts the extraction usage, looked up in the request cache with `teacher`'s request keys),
+    plus "sessions" -> the training sessions behind them (counted only: raw examples are knowledge when "raw" is used);
+    `teacher_usage`: the usage frame of teacher inference (teacher rows). Without them the columns stay null.
+    """
     target = sessions.split_of(read_artifact(all_sessions), split)
-    scores = metrics.score_predictions(read_artifact(predictions), target)
-    return write_artifact(results.scored_row(labels, scores, predictions.sha256), "results")
+    frame = read_artifact(predictions)
+    per_session = metrics.session_scores(frame, target)
+    extra = {**metrics.session_lists(per_session), **costs.inference_usage(frame)}
+    if labels.method in ("student", "teacher"):
+        extra.update(costs.read_train_stats(adapter.path() if adapter is not None else None))
+    if teacher_usage is not None:
+        spent = costs.usage_totals(read_artifact(teacher_usage))
+        extra.update(teacher_cost=spent["cost"], wall_seconds=spent["seconds"])
+    if knowledge:
+        extra.update(_knowledge_columns(knowledge, teacher))
+    row = results.scored_row(labels, metrics.summarise_scores(per_session), predictions.sha256, extra)
+    return write_artifact(row, "results")
+
+
+def _knowledge_columns(knowledge: dict[str, ArtifactRef], teacher: TeacherConfig | None) -> dict:
+    frames = {ref.kind: read_artifact(ref) for name, ref in knowledge.items() if name != "sessions"}
+    counted = []
+    if "sessions" in knowledge:  # the training sessions behind the pools: counted; their text is not knowledge here
+        raw = costs.knowledge_quantity("sessions", read_artifact(knowledge["sessions"]))
+        counted.append({"train_sessions": raw["train_sessions"]})
+    columns = costs.add_quantities(counted + [costs.knowledge_quantity(kind, f) for kind, f in frames.items()])
+    distilled = [f for kind, f in frames.items() if kind in _DISTILLED_KINDS]
+    spent: dict = {"tokens": 0, "cost": 0.0, "seconds": 0.0, "truncated": 0}
+    if distilled and teacher is None:
+        spent = dict.fromkeys(spent)  # unknown, not free
+    elif distilled:
+        keys = [k for f in distilled for k in costs.conversation_request_keys(f, teacher)]
+        cache = RequestCache(request_cache_path())
+        try:
+            spent = costs.usage_totals(cache.usage(keys), keys)
+        finally:
+            cache.close()
+        if spent["missing_requests"]:
+            log.warning("%d of %d knowledge requests are not in the request cache %s: extraction cost unknown",
+                        spent["missing_requests"], len(set(keys)), cache.path)
+            spent = dict.fromkeys(spent)
+    columns.update(extraction_tokens=spent["tokens"], extraction_cost=spent["cost"],
+                   extraction_seconds=spent["seconds"], knowledge_truncated=spent["truncated"])
+    return columns
 
 
 @stage_task("results", task_run_name="collect-results")
@@ -42,7 +94,7 @@ def publish_results(table: ArtifactRef, key: str, out_dir: Path) -> Path:
     for row in frame.filter(pl.col("predictions_sha256") != "").iter_rows(named=True):
         scored = ArtifactRef(kind="predictions", sha256=row["predictions_sha256"], rows=row["n_sessions"])
         write_predictions_jsonl(read_artifact(scored), out_dir / key / "predictions" / f"{row_label(row)}.jsonl")
-    create_table_artifact(key=key, table=frame.to_dicts(), description=f"kd-bundle results ({table})")
+    create_table_artifact(key=key, table=ui_table(frame), description=f"kd-bundle results ({table})")
     return target
 
 
@@ -62,3 +114,10 @@ def row_label(row: dict) -> str:
     label = "-".join(str(row[c]) for c in ("domain", "rq", "method", "knowledge_format", "utilization", "strategy"))
     label = f"{label}-{row['ratio']:g}".replace("|", "_to_").replace("+", "_and_")
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", label)
+
+
+def ui_table(frame: pl.DataFrame, digits: int = 3) -> list[dict]:
+    """The rows the Prefect UI shows: floats rounded to `digits`, hashes and per-session lists left to the Parquet."""
+    hidden = [c for c in frame.columns if c.endswith("sha256") or c in results.SESSION_COLUMNS]
+    shown = frame.drop(hidden)
+    return shown.with_columns(pl.col(pl.Float64, pl.Float32).round(digits)).to_dicts()

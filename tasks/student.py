@@ -10,11 +10,14 @@ input carries no knowledge, so an adapter is retrained only when its own trainin
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import tempfile
 from pathlib import Path
 
 from kd_bundle import generate, retrieval, student
+from kd_bundle.costs import train_stats_path
 from kd_bundle.icl import ICLConfig
 from kd_bundle.retrieval import RetrievalConfig
 from kd_bundle.store import ArtifactRef, read_artifact, write_artifact, write_directory
@@ -49,7 +52,16 @@ def train_adapter(all_sessions: ArtifactRef, retrieved: ArtifactRef | None, thou
         result = student.train_adapter(read_artifact(all_sessions), read_artifact(retrieved) if retrieved else None,
                                        read_artifact(thoughts) if thoughts else None, model, cfg, Path(tmp) / "adapter")
         log.info("adapter trained: %d steps, %.0f tokens/s, loss %s", result.steps, result.tokens_per_second, result.losses[-1:])
-        return write_directory(result.adapter_dir, "adapter")
+        ref = write_directory(result.adapter_dir, "adapter")
+    # What the adapter cost, beside it, so a results row scored from it reports training cost; the first training
+    # of this content keeps its record.
+    stats = train_stats_path(ref.path())
+    if not stats.exists():
+        staging = stats.with_name(f".{stats.name}.{os.getpid()}")
+        staging.write_text(json.dumps({"seconds": result.seconds, "train_tokens": result.train_tokens,
+                                       "steps": result.steps, "examples": result.examples, "seed": cfg.seed}))
+        os.replace(staging, stats)
+    return ref
 
 
 @stage_task("generate", "student", "icl", "parsing", "prompts", "predictions", task_run_name="student-predict")

@@ -9,6 +9,7 @@ from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_setti
 from flows.research import rq1_knowledge_format
 from flows.scale_out import on_dask
 from kd_bundle.grid import RQ1Grid
+from kd_bundle.results import TIMING_COLUMNS
 from kd_bundle.store import read_artifact
 
 from .conftest import task_states
@@ -35,5 +36,5 @@ def test_dask_workers_compute_the_same_table(pipeline, isolated_store, monkeypat
     monkeypatch.setenv("KD_STORE", str(isolated_store / "store-in-process"))
     with temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: isolated_store / "results-in-process"}):
         in_process_table, _ = _run(rq1_knowledge_format, cfg)
-    assert on_dask_table.drop("wall_seconds").equals(in_process_table.drop("wall_seconds"))
+    assert on_dask_table.drop(TIMING_COLUMNS).equals(in_process_table.drop(TIMING_COLUMNS))
     assert on_dask_table.filter(pl.col("method") == "student").height == 4

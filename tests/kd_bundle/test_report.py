@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 DOMAINS = ("food", "clothing")
 RATIOS = (0.1, 0.5, 1.0)
 STRATEGY_BONUS = {"length": 0.01, "diversity": 0.02, "difficulty": 0.03}
-CLOTHING, FOOD = slice(2, 5), slice(5, 8)  # P, R, C columns of a domain table (domains in config.DOMAINS order)
+CLOTHING, FOOD = slice(2, 5), slice(6, 9)  # P, R, C of an AICL-only table (domains in config.DOMAINS order, n after C)
 
 
 def _metrics(precision: float, recall: float, coverage: float, **kw) -> dict:
@@ -59,35 +59,39 @@ def _table(markdown: str, title: str) -> list[list[str]]:
     lines = markdown.splitlines()
     start = next(i for i, line in enumerate(lines) if line.lstrip("#").strip().startswith(title))
     table = []
-    for line in lines[start + 2:]:
+    for line in lines[start + 1:]:  # notes may stand between the heading and its table
         if not line.startswith("|"):
-            break
+            if table:
+                break
+            continue
         table.append([c.strip() for c in line.strip("|").split("|")])
     return [table[0]] + table[2:]
 
 
 def test_rq1_table_format_by_utilization(results):
-    table = _table(markdown_tables(results), "RQ1")
+    table = _table(markdown_tables(results, strict=False), "RQ1")
     header, rows = table[0], table[1:]
-    # domains in the study order (config.DOMAINS: electronic, clothing, food)
-    assert header == ["Utilization", "Format", "clothing P", "clothing R", "clothing C", "food P", "food R", "food C"]
+    # domains in the study order (config.DOMAINS: electronic, clothing, food), sessions scored after the metrics
+    assert header == ["Utilization", "Format", "clothing P", "clothing R", "clothing C", "clothing n",
+                      "food P", "food R", "food C", "food n"]
     students = [r for r in rows if r[0] != "reference"]
     assert [(r[0], r[1]) for r in students] == [(u, f) for u in ("icl", "sft") for f in KNOWLEDGE_FORMATS]
     sft_rules = next(r for r in students if r[:2] == ["sft", "rules"])
     assert sft_rules[FOOD] == ["0.520", "0.820", "0.620"]  # 0.2 + 0.02 (rules) + 0.1 (sft) + 0.2 * ratio 1
     assert sft_rules[CLOTHING] == ["0.570", "0.870", "0.670"]
-    assert next(r for r in students if r[:2] == ["sft", "thoughts"])[5] == "**0.530**", "best student in bold"
+    assert sft_rules[9] == "9/10"
+    assert next(r for r in students if r[:2] == ["sft", "thoughts"])[6] == "**0.530**", "best student in bold"
     references = [r for r in rows if r[0] == "reference"]
     assert [r[1] for r in references] == ["pattern-baseline", "teacher (gpt-3.5-turbo), rules"]
     assert references[1][FOOD] == ["0.550", "0.750", "0.650"]
 
 
 def test_rq2_tables_metric_vs_ratio(results):
-    markdown = markdown_tables(results)
+    markdown = markdown_tables(results, strict=False)
     table = _table(markdown, "RQ2: food, rules, sft")
     assert table[0] == ["Strategy", "Metric", "0.1", "0.5", "1"]
     assert [r[:2] for r in table[1:]] == [[s, m] for s in ("random", "length", "diversity", "difficulty")
-                                          for m in ("P", "R", "C")]
+                                          for m in ("P", "R", "C", "n")]
     random_p = table[1]
     assert random_p[2:] == ["0.340", "0.420", "0.520"]  # 0.2 + 0.02 + 0.1 + 0.2 * ratio
     assert markdown.count("### RQ2:") == 2 * 2 + 1  # domains x utilizations + the accumulation table
@@ -108,15 +112,30 @@ def test_rq3_table_splits_training_and_prompt_knowledge(results):
     assert next(r for r in students if r[0] == "sft" and r[1] == "raw")[2] == "-"
 
 
-def test_strict_metrics_and_repeats(results):
-    strict = _table(markdown_tables(results, strict=True), "RQ1")
-    assert next(r for r in strict if r[:2] == ["sft", "rules"])[5] == "0.260"
+def test_strict_metrics_by_default_with_aicl_beside_them(results):
+    strict = _table(markdown_tables(results), "RQ1")
+    header, sft_rules = strict[0], next(r for r in strict if r[:2] == ["sft", "rules"])
+    value = {name: sft_rules[header.index(name)] for name in ("food P", "food n", "food AICL P", "food AICL R")}
+    assert value == {"food P": "0.260", "food n": "9/10", "food AICL P": "0.520", "food AICL R": "0.820"}
+
+
+def test_repeats_are_averaged(results):
     repeated = pl.concat([results, results.head(1).with_columns(pl.col("precision") + 0.2)])
-    markdown = markdown_tables(repeated)
+    markdown = markdown_tables(repeated, strict=False)
     assert "values are means" in markdown
     first = results.row(0, named=True)
     row = next(r for r in _table(markdown, "RQ1") if r[:2] == [first["utilization"], first["knowledge_format"]])
-    assert row[5].strip("*") == f"{first['precision'] + 0.1:.3f}"
+    assert row[6].strip("*") == f"{first['precision'] + 0.1:.3f}"
+    assert row[9] == "18/20", "session counts of repeats are summed"
+
+
+def test_nothing_scored_reads_dash_not_zero(results):
+    failed = results.with_columns(
+        pl.when((pl.col("knowledge_format") == "rules") & (pl.col("utilization") == "sft") & (pl.col("rq") == "rq1"))
+        .then(0).otherwise(pl.col("n_scored")).alias("n_scored"))
+    table = _table(markdown_tables(failed), "RQ1")
+    header, sft_rules = table[0], next(r for r in table if r[:2] == ["sft", "rules"])
+    assert [sft_rules[header.index(f"food {m}")] for m in ("P", "AICL P", "n")] == ["-", "-", "0/10"]
 
 
 def test_summary_counts_failed_sessions_and_empty_results(results):
@@ -134,8 +153,8 @@ def test_missing_columns_are_named(results):
 
 def test_plots_written_and_non_empty(results, tmp_path):
     paths = plot_results(results.filter(pl.col("domain") == "food"), tmp_path / "plots")  # one domain: faster
-    assert [p.name for p in paths] == ["rq1_food.png", "rq2_food_rules_icl.png", "rq2_food_rules_sft.png",
-                                       "rq3_food.png"]
+    assert [p.name for p in paths] == ["alignment_food.png", "rq1_food.png", "rq2_food_rules_icl.png",
+                                       "rq2_food_rules_sft.png", "rq3_food.png"]
     assert all(p.exists() and p.stat().st_size > 5_000 for p in paths)
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)
 
@@ -175,3 +194,29 @@ def test_cli_errors_name_the_problem(results, tmp_path):
     results.drop("coverage").write_parquet(path)
     partial = _run("--results", str(path))
     assert partial.returncode == 2 and "['coverage']" in partial.stderr
+
+
+def test_report_of_a_table_older_than_the_cost_and_session_columns(results):
+    from kd_bundle.report import markdown_report
+    from kd_bundle.results import OPTIONAL_COLUMNS
+
+    old = results.filter(pl.col("domain") == "food").drop(OPTIONAL_COLUMNS)
+    markdown = markdown_report(old, n_boot=50)
+    table = _table(markdown, "Confidence")
+    sft_rules = next(r for r in table if r[1:7] == ["rq1", "student", "rules", "all", "1", "sft"])
+    assert sft_rules[7:11] == ["0.260", "0.410", "0.310", "9/10"], "no per-session data: means, no interval"
+    assert "## Cost" not in markdown and "## Knowledge quantity" not in markdown, "nothing measured, nothing shown"
+    assert "## Factor impact" in markdown and "## Alignment" in markdown
+
+
+def test_quantity_plot_per_domain_and_format(tmp_path):
+    from kd_bundle.plots import plot_quantity
+
+    quantity = pl.DataFrame({"domain": ["food"] * 4, "knowledge_format": ["rules"] * 4,
+                             "strategy": ["random", "random", "length", "length"], "ratio": [0.5, 1.0, 0.5, 1.0],
+                             "train_sessions": [5, 10, 5, 10], "pattern_lines": [0] * 4, "rule_count": [12, 30, 9, 30],
+                             "thought_count": [0] * 4, "knowledge_tokens": [300, 700, 250, 700]})
+    paths = plot_quantity(quantity, tmp_path)
+    assert [p.name for p in paths] == ["quantity_food_rules.png"] and paths[0].stat().st_size > 5_000
+    assert plot_quantity(quantity.with_columns(pl.lit(None).alias("train_sessions"), pl.lit(None).alias("rule_count"),
+                                               pl.lit(None).alias("knowledge_tokens")), tmp_path / "old") == []

@@ -6,6 +6,7 @@ import os
 
 import polars as pl
 
+from kd_bundle.costs import read_train_stats
 from kd_bundle.icl import ICLConfig
 from kd_bundle.predictions import PREDICTION_COLUMNS
 from kd_bundle.retrieval import RetrievalConfig
@@ -35,6 +36,8 @@ def test_embed_retrieve_train_predict_write_refs(tmp_path, monkeypatch):
     adapter = train_adapter.fn(sessions, retrieved, None, model, sft)
     assert adapter.kind == "adapter" and (adapter.path() / "adapter_model.safetensors").exists()
     assert train_adapter.fn(sessions, retrieved, None, model, sft) == adapter  # deterministic: same content hash
+    stats = read_train_stats(adapter.path())  # its training cost, kept beside it for the results row
+    assert stats["train_tokens"] > 0 and stats["train_seconds"] > 0
 
     # SFT+ICL: trained on rules, prompted with raw examples (chosen independently)
     predictions = student_predict.fn(sessions, retrieved, adapter, model, ICLConfig(formats=("raw",), demonstrations=1))
