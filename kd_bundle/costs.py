@@ -64,6 +64,8 @@ def conversation_request_keys(frame: pl.DataFrame, teacher: TeacherConfig) -> li
     """The request key of every teacher answer in a rules or thoughts frame's `conversation` column."""
     if "conversation" not in frame.columns:
         raise ValueError(f"conversation_request_keys: no 'conversation' column (columns: {frame.columns})")
+    if "request_keys" in frame.columns:  # recorded as the answers came (structured turns change the key)
+        return [k for keys in frame["request_keys"].to_list() for k in keys or []]
     generation = teacher.generation()
     keys = []
     for conversation in frame["conversation"].to_list():

@@ -29,7 +29,8 @@ from kd_bundle.prompts import (
     format_bundles,
     format_session,
 )
-from kd_bundle.teacher import TeacherClient
+from kd_bundle.answer_schema import detection_format
+from kd_bundle.teacher import TeacherClient, TeacherTruncated
 
 # AICL's findErrors codes -> the tip the teacher reads.
 ERROR_TIPS = {
@@ -48,6 +49,7 @@ FEEDBACK_TEMPLATE = (
     "your answer. Please output the adjusted bundles with the format: {{'bundle number':'product number'}}."
 )
 CORRECT, HALLUCINATED = 0, 5
+BUNDLE_STEPS = ("detect", "adjust", "feedback")
 
 
 @dataclass
@@ -63,6 +65,8 @@ class Reflection:
     parse_failures: int = 0
     self_corrected: bool = False  # the adjust turn changed the bundles
     steps: list[str] = field(default_factory=list)  # labels of the user turns, in order
+    request_keys: list[str] = field(default_factory=list)  # one per teacher answer: its usage in the request cache
+    truncated: int = 0  # answers cut at max_tokens (kept in the chat so it goes on, but never read as bundles)
 
 
 def reflect(session: dict[str, Any], cfg: Any, client: TeacherClient) -> Reflection:
@@ -71,19 +75,29 @@ def reflect(session: dict[str, Any], cfg: Any, client: TeacherClient) -> Reflect
     truth = bundle_positions(session["bundles"], session["item_ids"])
     conversation: list[dict[str, str]] = []
     steps: list[str] = []
+    keys: list[str] = []
+    cut: list[str] = []
 
     def ask(step: str, prompt: str) -> str:
         steps.append(step)
         conversation.append({"role": "user", "content": prompt})
-        answer = client.complete(list(conversation)).text
-        conversation.append({"role": "assistant", "content": answer})
+        # Bundle turns ask the endpoint for the session's answer schema; intents and explanations are free text.
+        answer_format = detection_format(n_items) if step in BUNDLE_STEPS else None
+        try:
+            completion = client.complete(list(conversation), response_format=answer_format, require_full=True)
+            answer = completion.text
+        except TeacherTruncated as truncated:
+            completion, answer = truncated.completion, ""  # a cut answer is a failed turn, never bundles
+            cut.append(step)
+        keys.append(completion.request_key)
+        conversation.append({"role": "assistant", "content": answer or completion.text})
         return answer
 
     first_text = ask("detect", DETECT_INSTRUCTION.replace("{session}", format_session(session["titles"])))
     first = parse_bundles(first_text, n_items)
     first_codes = type_errors(first, truth)
     out = Reflection(conversation, first, first_codes, strict_precision(first, truth), first, steps=steps,
-                     parse_failures=int(first.bundles is None))
+                     parse_failures=int(first.bundles is None), request_keys=keys)
     parsed, latest_text = first, first_text
 
     if cfg.self_correction:
@@ -111,6 +125,7 @@ def reflect(session: dict[str, Any], cfg: Any, client: TeacherClient) -> Reflect
     wrong_at_all = any(c != CORRECT for c in first_codes + codes) or _missing(first, truth) > 0
     if cfg.explain_errors and wrong_at_all:
         ask("explain", EXPLAIN_ERRORS_INSTRUCTION.replace("{truth}", format_bundles(truth)))
+    out.truncated = len(cut)
     return out
 
 

@@ -27,11 +27,11 @@ from kd_bundle.reflection import (  # noqa: F401  (error typing and tips are par
     type_errors,
 )
 from kd_bundle.reflection import jaccard as _jaccard
-from kd_bundle.teacher import TeacherClient
+from kd_bundle.teacher import TeacherClient, TeacherTruncated
 
 log = logging.getLogger("kd_bundle.teacher")
 
-RULES_PROMPT_VERSION = f"{PROMPT_VERSION}/rules-v2"
+RULES_PROMPT_VERSION = f"{PROMPT_VERSION}/rules-v3"
 CONVERSATION = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
 SESSION_RULE_COLUMNS: dict[str, pl.DataType] = {
     "domain": pl.String,
@@ -48,6 +48,8 @@ SESSION_RULE_COLUMNS: dict[str, pl.DataType] = {
     "final_bundles": pl.List(pl.List(pl.Int64)),  # 1-based product numbers of the last readable answer
     "final_error_codes": pl.List(pl.Int64),
     "parse_failures": pl.Int64,  # answers in the conversation that could not be read as bundles
+    "truncated": pl.Int64,  # answers cut at max_tokens (never read as bundles or rules)
+    "request_keys": pl.List(pl.String),  # request-cache key of every teacher answer, in order: the extraction cost
     "error": pl.String,  # null when the session produced rules
     "knowledge": pl.String,  # the rules as "- rule" lines, the prompt block retrieval hands on (null on failure)
 }
@@ -134,11 +136,15 @@ def _reflect(session: dict[str, Any], domain: str, cfg: RuleConfig, client: Teac
     done = reflect(session, cfg, client)
     conversation = done.conversation
     conversation.append({"role": "user", "content": RULES_QUESTION})
-    summary = client.complete(list(conversation)).text
-    conversation.append({"role": "assistant", "content": summary})
+    try:
+        answered = client.complete(list(conversation), require_full=True)
+        summary, cut = answered.text, 0
+    except TeacherTruncated as truncated:  # half a rule list is kept out of the knowledge
+        answered, summary, cut = truncated.completion, "", 1
+    conversation.append({"role": "assistant", "content": answered.text})
     prompts = [turn["content"] for turn in conversation if turn["role"] == "user"]
     rules = [rule for rule in split_rules(summary, cfg) if not any(rule in prompt for prompt in prompts)]  # no echoes
-    error = None if rules else f"no rule of {cfg.min_rule_words}+ words in the summary"
+    error = "summary cut at max_tokens" if cut else None if rules else f"no rule of {cfg.min_rule_words}+ words in the summary"
     if error or done.parse_failures:
         client.note_failure(int(error is not None) + done.parse_failures)
     truth = bundle_positions(session["bundles"], session["item_ids"])
@@ -157,6 +163,8 @@ def _reflect(session: dict[str, Any], domain: str, cfg: RuleConfig, client: Teac
         "final_bundles": done.readable.bundles,
         "final_error_codes": type_errors(done.readable, truth) if done.readable.bundles is not None else [HALLUCINATED],
         "parse_failures": done.parse_failures,
+        "truncated": done.truncated + cut,
+        "request_keys": done.request_keys + [answered.request_key],
         "error": error,
         "knowledge": "\n".join(f"- {rule}" for rule in rules) if rules else None,
     }

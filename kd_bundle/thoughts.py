@@ -33,6 +33,8 @@ THOUGHT_COLUMNS: dict[str, pl.DataType] = {
     "bundles": pl.List(pl.List(pl.String)),  # the true bundles as item ids
     "intents": pl.List(pl.String),
     "conversation": CONVERSATION,
+    "request_keys": pl.List(pl.String),  # request-cache key of the teacher's answer: the extraction cost
+    "truncated": pl.Int64,  # 1 when the answer was cut at max_tokens
     "error": pl.String,  # null when the thought is usable
     "knowledge": pl.String,  # products, reasoning, true bundles: the ICL demonstration retrieval hands on
 }
@@ -98,10 +100,12 @@ def _think(session: dict[str, Any], domain: str, cfg: ThoughtConfig, client: Tea
     positions = bundle_positions(session["bundles"], session["item_ids"])
     conversation = [{"role": "user", "content": thought_prompt(session["titles"], positions, session["intents"])}]
     try:
-        answer = client.complete(list(conversation), max_tokens=cfg.max_tokens, require_full=True).text
+        completion = client.complete(list(conversation), max_tokens=cfg.max_tokens, require_full=True)
+        answer, truncated = completion.text, 0
         thought, error = clean_thought(answer, cfg.min_words, cfg.min_distinct_ratio)
     except TeacherTruncated as cut:  # half a reasoning path is not knowledge; the client counted it as truncated
-        answer, thought = cut.completion.text, None
+        completion, truncated = cut.completion, 1
+        answer, thought = completion.text, None
         error = f"answer cut at max_tokens={cfg.max_tokens or client.cfg.max_tokens}"
     conversation.append({"role": "assistant", "content": answer})
     if error:
@@ -116,6 +120,8 @@ def _think(session: dict[str, Any], domain: str, cfg: ThoughtConfig, client: Tea
         "bundles": session["bundles"],
         "intents": session["intents"],
         "conversation": conversation,
+        "request_keys": [completion.request_key],
+        "truncated": truncated,
         "error": error,
         "knowledge": demonstration_text(session["titles"], positions, thought) if thought else None,
     }
