@@ -235,7 +235,9 @@ class Plan:
         sources, train = cell.source_domains, grid.formats_of(cell.train_format)
         labels = CellLabels(**cell.result_fields(), method="student", model=self.cfg.student.model,
                             sampling_seed=self.cfg.sampling_seed, training_seed=self.cfg.sft.seed if train else None)
-        adapter = self.adapter(cell.domain, sources, train, cell.strategy, cell.ratio) if train else None
+        # The very adapter the predictions used (SFT+ICL adapters depend on the prompt formats too).
+        adapter = (self.adapter(cell.domain, sources, train, cell.strategy, cell.ratio,
+                                grid.formats_of(cell.prompt_format)) if train else None)
         # The pools this cell drew on (all memoised: no task is asked twice), for its quantity and extraction cost.
         used, pool = (*train, *grid.formats_of(cell.prompt_format)), full_pool(cell.strategy, cell.ratio)
         raw = (self.sampled_sessions(cell.domain, *pool) if len(sources) == 1
@@ -246,7 +248,8 @@ class Plan:
                                  knowledge=knowledge, teacher=self.cfg.teacher)
 
     def reference_rows(self, domain: str) -> list[ArtifactRef]:
-        """The rows every table carries: the two non-LLM baselines and the teacher."""
+        """The rows every table carries: the two non-LLM baselines, the teacher, and the zero-shot student (the same
+        prompt without demonstrations, no adapter), against which distillation's effect is measured."""
         rows, sessions = [], self.sessions(domain)
         for method in ("pattern", "category"):
             knowledge = self.knowledge(domain, "patterns") if method == "pattern" else None
@@ -261,6 +264,10 @@ class Plan:
             pools = {} if fmt == "none" else {f: self.knowledge(domain, f) for f in grid.formats_of(fmt)}
             rows.append(score_predictions(sessions, answer.predictions, labels, teacher_usage=answer.usage,
                                           knowledge=pools, teacher=self.cfg.teacher))
+        zero_shot = student_predict(sessions, None, None, self.cfg.student, self.cfg.icl.model_copy(update={"formats": ()}))
+        labels = CellLabels(domain=domain, method="student", model=self.cfg.student.model,
+                            sampling_seed=self.cfg.sampling_seed)
+        rows.append(score_predictions(sessions, zero_shot, labels))
         return rows
 
 

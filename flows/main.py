@@ -38,15 +38,16 @@ DEMO_RQ3_GRID = RQ3Grid(utilizations=("icl", "sft", "sft+icl"), train_formats=("
                         prompt_formats=("raw", "rules"))
 DEMO = PipelineConfig(
     max_train_sessions=4,
-    max_test_sessions=6,
+    # 60 test sessions stratified by length like the AICL split (lengths 2..10): enough to read a difference
+    # of a few points; --test-sessions 180 runs the whole split.
+    max_test_sessions=60,
     rules=RuleConfig(feedback_rounds=1),
-    teacher=TeacherConfig(max_tokens=128),
     teacher_rows=("none",),
     teacher_predict=TeacherPredictConfig(intents=False),
-    # Prefill dominates on CPU: one neighbour's knowledge per prompt. The answer's opening words keep a 135M model
-    # in the answer format (bench/README.md); a strong student needs no prefill.
-    icl=ICLConfig(demonstrations=1, prefill="Bundles: {'bundle1': ['product"),
-    student=StudentConfig(max_new_tokens=64, batch_size=6),
+    # Prefill dominates on CPU: one neighbour's knowledge per prompt. The student's answers are held to the
+    # session's grammar (StudentConfig.decoding), so every answer parses and stops at its closing brace.
+    icl=ICLConfig(demonstrations=1),
+    student=StudentConfig(max_new_tokens=96, batch_size=4),
     sft=SFTConfig(max_steps=3, warmup_steps=0, lora_r=8, lora_alpha=16, batch_tokens=1024, max_batch_size=4),
 )
 
@@ -67,8 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rq", choices=("rq1", "rq3"), default="rq1",
                         help="rq1: raw/rules x ICL/SFT; rq3: ICL, SFT and SFT+ICL with raw/rules knowledge crossed")
     parser.add_argument("--teacher-model", default=DEMO.teacher.model, help="model name at KD_TEACHER_BASE_URL")
+    parser.add_argument("--test-sessions", type=int, choices=range(9, 181), metavar="9..180",
+                        default=DEMO.max_test_sessions, help="length-stratified test sessions; 180 = the whole split")
     args = parser.parse_args(argv)
-    pipeline = DEMO.model_copy(update={"teacher": DEMO.teacher.model_copy(update={"model": args.teacher_model})})
+    pipeline = DEMO.model_copy(update={"teacher": DEMO.teacher.model_copy(update={"model": args.teacher_model}),
+                                       "max_test_sessions": args.test_sessions})
     baselines, cells = main_flow(args.domain, args.rq, pipeline)
     print("\n## Non-LLM baselines, full test split\n")
     print(markdown_table(read_artifact(baselines)))

@@ -43,7 +43,7 @@ def pipeline(tmp_path, monkeypatch):
     with StubOpenAI(bundle_teacher) as teacher:
         monkeypatch.setenv("KD_TEACHER_BASE_URL", teacher.base_url)
         monkeypatch.setenv("KD_TEACHER_API_KEY", "test-key")
-        student = StudentConfig(model=str(build_tiny_student(tmp_path / "tiny")), max_new_tokens=8, batch_size=4)
+        student = StudentConfig(model=str(build_tiny_student(tmp_path / "tiny")), max_new_tokens=64, batch_size=4)
         yield teacher, PipelineConfig(
             max_train_sessions=12, max_test_sessions=4, teacher=TeacherConfig(model="stub-teacher"),
             retrieval=RetrievalConfig(method="tfidf", k=3, tfidf_features=256), student=student, sft=SMOKE,

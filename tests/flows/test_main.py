@@ -14,9 +14,14 @@ def test_rq3_table_has_icl_sft_and_sft_icl_beside_baselines_and_teacher(pipeline
     assert set(read_artifact(baselines)["domain"]) == {"electronic", "clothing", "food"}
 
     table = read_artifact(cells)
-    assert table.filter(pl.col("rq") == "baseline")["method"].to_list() == ["pattern-baseline", "category-baseline",
-                                                                            "teacher"]
-    students = table.filter(pl.col("method") == "student")
+    references = table.filter(pl.col("rq") == "baseline")
+    assert references["method"].to_list() == ["pattern-baseline", "category-baseline", "teacher", "student"]
+    zero_shot = references.filter(pl.col("method") == "student").row(0, named=True)
+    assert (zero_shot["knowledge_format"], zero_shot["utilization"]) == ("none", "none")
+    # The grammar holds even a random tiny student to the answer format: every student answer is scored.
+    every_student = table.filter(pl.col("method") == "student")
+    assert (every_student["n_failed"] == 0).all() and (every_student["n_scored"] == every_student["n_sessions"]).all()
+    students = table.filter(pl.col("method") == "student", pl.col("rq") != "baseline")
     assert students["utilization"].value_counts().sort("utilization").rows() == [("icl", 2), ("sft", 2), ("sft+icl", 4)]
     crossed = students.filter(pl.col("utilization") == "sft+icl")["knowledge_format"].to_list()
     assert sorted(crossed) == sorted(["raw", "rules", "raw|rules", "rules|raw"])
