@@ -8,6 +8,7 @@ import sys
 from prefect import flow
 from pydantic import BaseModel, Field
 
+from flows.prefect_server import guard_temporary_server
 from kd_bundle.cli_errors import run_cli
 from kd_bundle.config import DOMAINS, BaselineConfig, DataConfig, Domain, PatternConfig, settings
 from kd_bundle.results import CellLabels, markdown_table
@@ -48,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--domain", choices=DOMAINS, action="append", help="repeatable; default: all three")
     parser.add_argument("--max-test-sessions", type=int)
     args = parser.parse_args(argv)
+    guard_temporary_server()  # a killed run leaves no Prefect server behind
     run = BaselineRun(domains=tuple(args.domain or DOMAINS), max_test_sessions=args.max_test_sessions)
     print(markdown_table(read_artifact(baselines_flow(run))))
     return 0

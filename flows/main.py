@@ -17,6 +17,7 @@ from prefect import flow
 from flows.baselines import BaselineRun, baselines_flow
 from flows.cells import PipelineConfig
 from flows.research import rq1_knowledge_format, rq3_knowledge_utilization
+from flows.prefect_server import guard_temporary_server
 from kd_bundle.cli_errors import run_cli
 from kd_bundle.config import DOMAINS, Domain
 from kd_bundle.grid import RQ1Grid, RQ3Grid
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-sessions", type=int, choices=range(9, 181), metavar="9..180",
                         default=DEMO.max_test_sessions, help="length-stratified test sessions; 180 = the whole split")
     args = parser.parse_args(argv)
+    guard_temporary_server()  # a killed run leaves no Prefect server behind
     pipeline = DEMO.model_copy(update={"teacher": DEMO.teacher.model_copy(update={"model": args.teacher_model}),
                                        "max_test_sessions": args.test_sessions})
     baselines, cells = main_flow(args.domain, args.rq, pipeline)

@@ -53,13 +53,13 @@ def main(argv: list[str]) -> int:
         print(__doc__, file=sys.stderr)
         return 2
     owner = int(argv[0])
-    if os.getppid() != owner:
-        return 3  # the owner died before we started: start nothing
     stop_requested: list[int] = []
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, lambda received, _frame: stop_requested.append(received))
-    if argv[1] == "--pid":
+    if argv[1] == "--pid":  # an adopted process: stop it at once if its owner died before we started
         return _watch(int(argv[2]), owner, stop_requested)
+    if os.getppid() != owner:
+        return 3  # the owner died before we started: start nothing
     child = subprocess.Popen(argv[2:], stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)  # noqa: PLW1509 (one thread)
     while True:
         try:
