@@ -36,5 +36,8 @@ def test_dask_workers_compute_the_same_table(pipeline, isolated_store, monkeypat
     monkeypatch.setenv("KD_STORE", str(isolated_store / "store-in-process"))
     with temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: isolated_store / "results-in-process"}):
         in_process_table, _ = _run(rq1_knowledge_format, cfg)
-    assert on_dask_table.drop(TIMING_COLUMNS).equals(in_process_table.drop(TIMING_COLUMNS))
-    assert on_dask_table.filter(pl.col("method") == "student").height == 4
+    # Clocks differ between equal runs, and so does the hash of a predictions file that carries its rows' seconds.
+    clocks = [*TIMING_COLUMNS, "predictions_sha256"]
+    differing = [c for c in on_dask_table.drop(clocks).columns if not on_dask_table[c].equals(in_process_table[c])]
+    assert not differing, differing
+    assert on_dask_table.filter(pl.col("method") == "student").height == 4 + 1  # the cells + the zero-shot student
