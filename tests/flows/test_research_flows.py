@@ -59,7 +59,7 @@ def test_full_grid_computes_each_artifact_once_then_nothing(pipeline):
     assert paid > 0
 
     results = read_artifact(table)
-    assert results.height == len(cells) + 4  # + pattern and category baselines, teacher zero-shot and with rules
+    assert results.height == len(cells) + 5  # + 2 baselines, teacher zero-shot and with rules, zero-shot student
     assert set(results["rq"]) == {"baseline", "rq1", "rq2", "rq3"}
     students = results.filter(pl.col("method") == "student")
     assert set(students["strategy"]) >= {"all", "random", "length", "diversity", "difficulty", "multi-domain", "multi-format"}
