@@ -140,11 +140,13 @@ def _reflect(session: dict[str, Any], domain: str, cfg: RuleConfig, client: Teac
         answered = client.complete(list(conversation), require_full=True)
         summary, cut = answered.text, 0
     except TeacherTruncated as truncated:  # half a rule list is kept out of the knowledge
-        answered, summary, cut = truncated.completion, "", 1
+        answered, cut = truncated.completion, 1
+        summary = answered.text  # kept raw for inspection; no rule is read from it
     conversation.append({"role": "assistant", "content": answered.text})
     prompts = [turn["content"] for turn in conversation if turn["role"] == "user"]
-    rules = [rule for rule in split_rules(summary, cfg) if not any(rule in prompt for prompt in prompts)]  # no echoes
-    error = "summary cut at max_tokens" if cut else None if rules else f"no rule of {cfg.min_rule_words}+ words in the summary"
+    rules = [] if cut else [rule for rule in split_rules(summary, cfg) if not any(rule in prompt for prompt in prompts)]
+    error = ("summary cut at max_tokens" if cut
+             else None if rules else f"no rule of {cfg.min_rule_words}+ words in the summary")
     if error or done.parse_failures:
         client.note_failure(int(error is not None) + done.parse_failures)
     truth = bundle_positions(session["bundles"], session["item_ids"])
