@@ -78,11 +78,11 @@ def main(argv: list[str]) -> int:
 
 
 def _watch(pid: int, owner: int, stop_requested: list[int]) -> int:
-    while _alive(pid):
+    while pid_alive(pid):
         if stop_requested or os.getppid() != owner:
             _signal(pid, signal.SIGTERM)
             deadline = time.monotonic() + GRACE_S
-            while _alive(pid) and time.monotonic() < deadline:
+            while pid_alive(pid) and time.monotonic() < deadline:
                 time.sleep(POLL_S)
             _signal(pid, signal.SIGKILL)
             return 0
@@ -90,7 +90,14 @@ def _watch(pid: int, owner: int, stop_requested: list[int]) -> int:
     return 0
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether `pid` still runs; an exited child of ours is reaped first, so a zombie does not count as alive."""
+    try:
+        waited, _ = os.waitpid(pid, os.WNOHANG)
+        if waited == pid:
+            return False
+    except ChildProcessError:
+        pass
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

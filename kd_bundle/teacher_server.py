@@ -36,7 +36,7 @@ from typing import Self
 from urllib.parse import urlsplit
 
 from kd_bundle.config import settings
-from kd_bundle.process_guard import guarded_command
+from kd_bundle.process_guard import guarded_command, pid_alive
 from kd_bundle.teacher_backends import BACKENDS, N_CTX, SERVER_MARKERS, ServerError, ready_path, server_command
 
 log = logging.getLogger("kd_bundle.teacher")
@@ -136,9 +136,9 @@ def stop_server(port: int | None = None, *, root: Path | None = None, timeout_s:
     _info_file(port, root).unlink(missing_ok=True)
     _signal_group(info.pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
-    while _alive(info.pid) and time.monotonic() < deadline:
+    while pid_alive(info.pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    if _alive(info.pid):
+    if pid_alive(info.pid):
         _signal_group(info.pid, signal.SIGKILL)
     log.info("embedded teacher on port %d stopped (pid %d)", port, info.pid)
     return True
@@ -162,7 +162,7 @@ def running_server(port: int | None = None, root: Path | None = None) -> ServerI
     file is stale (a crash, a reboot, a reused pid) and is removed."""
     port = port or endpoint_address(settings().teacher_base_url)[1]
     info = server_info(port, root)
-    if info is not None and _alive(info.pid) and _is_our_server(info):
+    if info is not None and pid_alive(info.pid) and _is_our_server(info):
         return info
     if _info_file(port, root).exists():
         log.info("removing the stale teacher pid file for port %d (%s)", port,
@@ -277,22 +277,6 @@ def _is_our_server(info: ServerInfo) -> bool:
         return False
     text = b" ".join(argv).decode(errors="replace")
     return any(marker in text for marker in SERVER_MARKERS) and f"--port {info.port} " in f"{text} "
-
-
-def _alive(pid: int) -> bool:
-    try:
-        waited, _ = os.waitpid(pid, os.WNOHANG)  # reap it if it is our exited child
-        if waited == pid:
-            return False
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _signal_group(pid: int, signum: int) -> None:
