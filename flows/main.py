@@ -1,4 +1,4 @@
-"""The main job (`make run`): every stage of the study once, on the real data, in about a quarter of an hour on 2 cores.
+"""The main job (`make run`): every stage of the study once, on the real data, on a 60-session slice, on 2 cores.
 
 Non-LLM baselines on the full test split of all three domains, then one research question on a small slice of
 one domain with the embedded SmolLM2 as teacher and student: RQ1 (knowledge format x ICL/SFT, the default) or,
@@ -29,8 +29,8 @@ from kd_bundle.student import SFTConfig, StudentConfig
 from kd_bundle.teacher_baseline import TeacherPredictConfig
 
 # 4 training sessions distilled by the teacher (AICL's loop with one feedback round: ~6 requests each), 60 test
-# sessions. On 2 cores the grammar-held SmolLM2 answers ~1 zero-shot session/s and ~0.35 ICL sessions/s
-# (bench/README.md): the slice is sized so that the whole job stays within about a quarter of an hour idle.
+# sessions. On 2 cores the grammar-held SmolLM2 answers ~1 zero-shot session/s and ~0.33 ICL sessions/s
+# (bench/README.md, idle); the whole job took 30 min on a busy machine.
 DEMO_GRID = RQ1Grid(formats=("raw", "rules"), utilizations=("icl", "sft"))
 # RQ3 on the same two formats: its ICL and SFT cells are RQ1's (shared, cached), SFT+ICL crosses them 2 x 2,
 # because the study found that the alignment of training and prompt knowledge matters.
