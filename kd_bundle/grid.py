@@ -194,13 +194,19 @@ def cells_by_knowledge(cells: list[Cell]) -> dict[KnowledgeKey, list[Cell]]:
     return groups
 
 
-def cells_by_adapter(cells: list[Cell]) -> dict[tuple[KnowledgeKey, ...], list[Cell]]:
-    """Fine-tuning knowledge -> the cells trained on it (multi-domain cells share it across targets). With the
-    pipeline's default sft_icl_prompts="match", an SFT+ICL cell's adapter also depends on its prompt format."""
-    groups: dict[tuple[KnowledgeKey, ...], list[Cell]] = {}
+AdapterKey = tuple[tuple[KnowledgeKey, ...], tuple[KnowledgeKey, ...]]
+
+
+def cells_by_adapter(cells: list[Cell], match_prompts: bool = True) -> dict[AdapterKey, list[Cell]]:
+    """(training knowledge, prompt knowledge it was trained with) -> the cells that use that adapter; multi-domain
+    cells share it across targets. With `match_prompts` (the pipeline's default sft_icl_prompts="match") an SFT+ICL
+    cell's adapter is trained on prompts carrying its prompt knowledge, so that knowledge is part of its identity."""
+    groups: dict[AdapterKey, list[Cell]] = {}
     for cell in cells:
-        if cell.train_format is not None:
-            groups.setdefault(train_knowledge_keys(cell), []).append(cell)
+        if cell.train_format is None:
+            continue
+        prompt = prompt_knowledge_keys(cell) if match_prompts and cell.utilization == "sft+icl" else ()
+        groups.setdefault((train_knowledge_keys(cell), prompt), []).append(cell)
     return groups
 
 

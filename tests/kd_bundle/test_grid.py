@@ -119,12 +119,18 @@ def test_cells_by_knowledge_computes_each_artifact_once():
 def test_cells_by_adapter_shares_adapters():
     cells = expand(GridConfig())
     groups = cells_by_adapter(cells)
-    # per domain: 4 full-pool formats + 4 formats x 4 strategies x 9 ratios + 1 multi-format; plus one
-    # multi-domain adapter per format, shared by the three targets
-    assert len(groups) == 3 * (4 + 4 * 36 + 1) + 4
+    # per domain: 4 full-pool formats + 4 formats x 4 strategies x 9 ratios + 1 multi-format + RQ3's 4 x 4
+    # SFT+ICL pairs (each trained on prompts shaped like its own); plus one multi-domain adapter per format,
+    # shared by the three targets
+    assert len(groups) == 3 * (4 + 4 * 36 + 1 + 16) + 4
     assert all(c.train_format is not None for group in groups.values() for c in group)
-    multi_domain = [g for keys, g in groups.items() if len({k.domain for k in keys}) == 3]
+    multi_domain = [g for (keys, _), g in groups.items() if len({k.domain for k in keys}) == 3]
     assert len(multi_domain) == 4 and all({c.domain for c in g} == set(DOMAINS) for g in multi_domain)
+    # sft_icl_prompts="sft": an SFT+ICL cell reuses its SFT cell's adapter
+    shared = cells_by_adapter(cells, match_prompts=False)
+    assert len(shared) == 3 * (4 + 4 * 36 + 1) + 4
+    sft_icl = [g for g in shared.values() if any(c.utilization == "sft+icl" for c in g)]
+    assert sft_icl and all(any(c.utilization == "sft" for c in g) for g in sft_icl)
 
 
 def test_result_fields_fill_a_results_row():
