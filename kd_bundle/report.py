@@ -147,7 +147,12 @@ def _text(value: Any, percent: bool = False, plain: bool = False) -> str:
     if isinstance(value, float):
         if percent:
             return f"{100 * value:+.1f}%"
-        return f"{value:g}" if plain or (value.is_integer() and abs(value) >= 1) else f"{value:.3f}"
+        if plain:
+            return f"{value:g}"
+        # metrics keep 3 decimals; token counts, seconds and percentages read better without noise digits
+        if abs(value) >= 100 or (value.is_integer() and abs(value) >= 1):
+            return f"{value:,.0f}"
+        return f"{value:.1f}" if abs(value) >= 10 else f"{value:.3f}"
     return str(value)
 
 

@@ -42,7 +42,7 @@ def markdown_tables(results: pl.DataFrame, *, strict: bool = True) -> str:
     ]
     if {"n_sessions", "n_failed"} <= set(results.columns) and results.height:
         failed, total = results["n_failed"].sum(), results["n_sessions"].sum()
-        lines.append(f"Sessions whose output could not be parsed: {failed} of {total} over all rows.")
+        lines.append(f"Sessions without a scorable answer (unparsed output, or no bundle found): {failed} of {total} over all rows.")
     if cells["n_rows"].max() is not None and cells["n_rows"].max() > 1:
         lines.append("Some configurations appear in several rows; their values are means.")
     if results.height == 0:

@@ -139,7 +139,7 @@ def test_nothing_scored_reads_dash_not_zero(results):
 
 
 def test_summary_counts_failed_sessions_and_empty_results(results):
-    assert f"could not be parsed: {results.height} of {10 * results.height}" in markdown_tables(results)
+    assert f"no bundle found): {results.height} of {10 * results.height}" in markdown_tables(results)
     empty = markdown_tables(results.head(0))
     assert "No results to report." in empty and "## RQ1" not in empty
 
