@@ -5,6 +5,10 @@ optional, in order), each an array of at least 2 distinct product names of this 
 The intent form holds `{"products": [...], "intent": "..."}` per bundle. kd_bundle.parsing reads both forms.
 K defaults to 5, the most bundles any session of the three AICL domains holds; bundles may share products (a
 few dozen sessions have more bundles than half their products), so K is not tied to N.
+
+`portable_format` rewrites a request's schema into the subset OpenAI's strict mode accepts (every key required,
+optional ones nullable, no length or uniqueness keywords): the teacher client sends it to an endpoint that refused
+the full schema, before it falls back to plain text.
 """
 
 from __future__ import annotations
@@ -59,6 +63,35 @@ def detection_format(n_items: int, max_bundles: int = MAX_BUNDLES, intents: bool
 def intent_format(n_bundles: int) -> dict[str, Any]:
     """The `response_format` of an intent request after `n_bundles` were detected."""
     return _json_schema("intents", intent_answer_schema(n_bundles))
+
+
+# JSON-schema keywords OpenAI's strict mode refuses; the decoding constraint they add is re-checked by the parser
+_NOT_PORTABLE = ("uniqueItems", "minItems", "maxItems", "minLength", "maxLength")
+
+
+def portable_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """`schema` in the strict-mode subset: every property required (an optional one becomes nullable, so
+    `{"bundle1": [...], "bundle2": null}` is how a one-bundle answer reads), no length/uniqueness keywords."""
+    out = {key: value for key, value in schema.items() if key not in _NOT_PORTABLE}
+    if isinstance(out.get("items"), dict):
+        out["items"] = portable_schema(out["items"])
+    if isinstance(out.get("properties"), dict):
+        required = set(schema.get("required", ()))
+        properties = {key: portable_schema(value) for key, value in out["properties"].items()}
+        out["properties"] = {key: value if key in required else {"anyOf": [value, {"type": "null"}]}
+                             for key, value in properties.items()}
+        out["required"] = list(properties)
+        out["additionalProperties"] = False
+    return out
+
+
+def portable_format(response_format: dict[str, Any]) -> dict[str, Any] | None:
+    """The same request in the strict-mode subset; None when it is already portable (nothing left to try)."""
+    spec = response_format.get("json_schema")
+    if response_format.get("type") != "json_schema" or not isinstance(spec, dict) or "schema" not in spec:
+        return None
+    schema = portable_schema(spec["schema"])
+    return None if schema == spec["schema"] else {**response_format, "json_schema": {**spec, "schema": schema}}
 
 
 def _json_schema(name: str, schema: dict[str, Any]) -> dict[str, Any]:

@@ -105,6 +105,7 @@ def _load(chunk: str) -> Any:
 
 def _bundle_groups(value: Any) -> tuple[list[Any] | None, list[str] | None]:
     if isinstance(value, dict):
+        value = {k: v for k, v in value.items() if v is not None}  # strict-mode schemas answer unused bundles null
         if all(isinstance(v, dict) for v in value.values()):  # {"bundle1": {"products": [...], "intent": "..."}}
             records = list(value.values())
         else:

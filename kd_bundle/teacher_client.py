@@ -4,7 +4,8 @@ A request is answered from the request cache when it was ever paid for, else sen
 time-outs, refused or dropped connections) and malformed HTTP 200 replies (not JSON, no choices, empty answer)
 are retried with exponential backoff; once retries are spent a TeacherUnavailable names the endpoint in one line.
 Only valid completions are cached. A `response_format` the endpoint rejects is detected once per endpoint and
-model, logged once, and the request is re-sent as plain text (callers parse it with the tolerant parser).
+model and logged once: the request is re-sent with the schema's strict-mode subset (what OpenAI accepts), and if
+that is refused too, as plain text (callers parse it with the tolerant parser).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any, Callable, TypeVar
 import polars as pl
 from pydantic import SecretStr
 
+from kd_bundle.answer_schema import portable_format
 from kd_bundle.config import settings
 from kd_bundle.request_cache import USAGE_COLUMNS, RequestCache, request_cache_path, request_key
 from kd_bundle.teacher_config import ClientSettings, Message, TeacherConfig, request_timeout_s
@@ -47,8 +49,10 @@ log = logging.getLogger("kd_bundle.teacher")
 T = TypeVar("T")
 R = TypeVar("R")
 
-_PLAIN_ONLY: set[str] = set()  # "endpoint model" pairs that rejected response_format: asked once per process
-_PLAIN_ONLY_LOCK = threading.Lock()
+# "endpoint model" -> the structured output it took: "portable" (refused the full schema, took OpenAI's strict
+# subset) or "plain" (refused both). Each refusal is learnt once per process.
+_SCHEMA_LEVEL: dict[str, str] = {}
+_SCHEMA_LEVEL_LOCK = threading.Lock()
 _CUT = "answer cut at max_tokens"
 
 
@@ -102,19 +106,23 @@ class TeacherClient:
         generation = self.cfg.generation()
         if max_tokens is not None:
             generation["max_tokens"] = max_tokens
-        if response_format is not None and not self.accepts_response_format():
-            response_format = None
-        if response_format is not None:
+        if response_format is not None and self._schema_level() != "full":
+            response_format = portable_format(response_format) if self._schema_level() == "portable" else None
+        while response_format is not None:
             try:
                 return self._answer(messages, {**generation, "response_format": response_format}, require_full)
             except _SchemaRejected as rejected:
-                self._remember_plain_only(str(rejected))
+                response_format = portable_format(response_format)
+                self._remember_schema_level("portable" if response_format is not None else "plain", str(rejected))
         return self._answer(messages, generation, require_full)
 
     def accepts_response_format(self) -> bool:
-        """False once this endpoint (for this model) has rejected a response_format in this process."""
-        with _PLAIN_ONLY_LOCK:
-            return f"{self.endpoint} {self.cfg.model}" not in _PLAIN_ONLY
+        """False once this endpoint (for this model) has rejected every response_format in this process."""
+        return self._schema_level() != "plain"
+
+    def _schema_level(self) -> str:
+        with _SCHEMA_LEVEL_LOCK:
+            return _SCHEMA_LEVEL.get(f"{self.endpoint} {self.cfg.model}", "full")
 
     def note_failure(self, n: int = 1) -> None:
         """Callers report answers they could not use (parse failures), for progress lines and summaries."""
@@ -263,11 +271,19 @@ class TeacherClient:
         )
         return replace(completion, structured="response_format" in generation)
 
-    def _remember_plain_only(self, reason: str) -> None:
-        with _PLAIN_ONLY_LOCK:
-            first = f"{self.endpoint} {self.cfg.model}" not in _PLAIN_ONLY
-            _PLAIN_ONLY.add(f"{self.endpoint} {self.cfg.model}")
-        if first:
+    def _remember_schema_level(self, level: str, reason: str) -> None:
+        order = ("full", "portable", "plain")
+        with _SCHEMA_LEVEL_LOCK:
+            endpoint = f"{self.endpoint} {self.cfg.model}"
+            current = _SCHEMA_LEVEL.get(endpoint, "full")
+            first = order.index(level) > order.index(current)
+            if first:
+                _SCHEMA_LEVEL[endpoint] = level
+        if first and level == "portable":
+            log.warning("teacher endpoint %s (model %r) refused the full answer schema (%s); asking with its "
+                        "strict-mode subset (every key required, no length keywords)", self.endpoint, self.cfg.model,
+                        one_line(reason))
+        elif first:
             log.warning("teacher endpoint %s (model %r) does not accept response_format (%s); falling back to plain "
                         "text + tolerant parser", self.endpoint, self.cfg.model, one_line(reason))
 

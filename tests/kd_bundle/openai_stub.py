@@ -28,6 +28,8 @@ EMPTY = "empty"  # fault: HTTP 200, a choice whose content is empty
 TRUNCATED = "length"  # fault: HTTP 200, the scripted answer cut in half, finish_reason "length"
 MALFORMED = (HTML, NO_CHOICES, EMPTY, TRUNCATED)
 IGNORE, HONOUR, REJECT = "ignore", "honour", "reject"  # what the server does with a json_schema response_format
+STRICT = "strict"  # like OpenAI's strict mode: honours only schemas of its subset (every key required, no length keywords)
+STRICT_REFUSED = ("uniqueItems", "minItems", "maxItems", "minLength", "maxLength")
 
 
 def schema_answer(schema: dict) -> dict:
@@ -36,9 +38,25 @@ def schema_answer(schema: dict) -> dict:
     return {key: _value(schema["properties"][key]) for key in schema["required"]}
 
 
+def strict_mode_problem(schema: dict) -> str | None:
+    """Why OpenAI's strict mode would refuse `schema` (None: it would not)."""
+    refused = [key for key in STRICT_REFUSED if key in schema]
+    if refused:
+        return f"'{refused[0]}' is not permitted"
+    if "properties" in schema:
+        if sorted(schema.get("required", [])) != sorted(schema["properties"]):
+            return "'required' is required to be supplied and to be an array including every key in properties"
+        if schema.get("additionalProperties") is not False:
+            return "'additionalProperties' is required to be supplied and to be false"
+    children = list(schema.get("properties", {}).values()) + schema.get("anyOf", []) + [schema.get("items") or {}]
+    return next((problem for child in children if child and (problem := strict_mode_problem(child))), None)
+
+
 def _value(schema: dict):
+    if "anyOf" in schema:  # a nullable bundle of the strict form: unused
+        return None
     if schema["type"] == "array":
-        return schema["items"]["enum"][: schema["minItems"]]
+        return schema["items"]["enum"][: schema.get("minItems", 2)]
     if schema["type"] == "object":  # the intent form of a bundle
         return {"products": _value(schema["properties"]["products"]), "intent": "device with accessories"}
     return "device with accessories"
@@ -134,7 +152,12 @@ class StubOpenAI:
                                                    "type": "invalid_request_error", "param": "response_format"}})
                         return
                     time.sleep(stub.latency_s)
-                    if stub.schemas == HONOUR and requested.get("type") == "json_schema":
+                    if stub.schemas == STRICT and requested and (
+                            problem := strict_mode_problem(requested["json_schema"]["schema"])):
+                        self._json(400, {"error": {"message": f"Invalid schema for response_format 'bundles': {problem}",
+                                                   "type": "invalid_request_error", "param": "response_format"}})
+                        return
+                    if stub.schemas in (HONOUR, STRICT) and requested.get("type") == "json_schema":
                         schema = requested["json_schema"]["schema"]
                         try:  # what llama.cpp and vLLM do: refuse a schema they cannot compile
                             jsonschema.Draft202012Validator.check_schema(schema)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import jsonschema
 import pytest
 
-from kd_bundle.answer_schema import bundle_answer_schema, detection_format, intent_format
+from kd_bundle.answer_schema import bundle_answer_schema, detection_format, intent_format, portable_format
+from tests.kd_bundle.openai_stub import strict_mode_problem
 from kd_bundle.parsing import parse_bundles, parse_intents
 
 
@@ -34,7 +37,7 @@ def test_the_intent_form_parses_into_bundles_and_intents():
     assert parsed.bundles == [[2, 4]] and parsed.intents == ["home office"]
 
 
-def test_response_formats_are_what_openai_vllm_and_llama_cpp_accept():
+def test_response_formats_are_json_schema_requests_with_a_name_and_the_strict_flag():
     detection = detection_format(10)
     assert detection["type"] == "json_schema" and detection["json_schema"]["strict"] is True
     assert detection["json_schema"]["name"] == "bundles" and len(detection["json_schema"]["schema"]["properties"]) == 5
@@ -44,3 +47,20 @@ def test_response_formats_are_what_openai_vllm_and_llama_cpp_accept():
     assert parse_intents('{"bundle1": "take photos", "bundle2": "gaming setup"}') == ["take photos", "gaming setup"]
     with pytest.raises(ValueError, match="n_items=1"):
         bundle_answer_schema(1)
+
+
+@pytest.mark.parametrize("intents", [False, True])
+def test_the_portable_form_is_in_openais_strict_subset_and_parses_the_same(intents):
+    full = detection_format(4, max_bundles=3, intents=intents)
+    assert strict_mode_problem(full["json_schema"]["schema"]) is not None  # OpenAI's strict mode refuses it
+    portable = portable_format(full)
+    schema = portable["json_schema"]["schema"]
+    assert strict_mode_problem(schema) is None and portable["json_schema"]["name"] == "bundles"
+    bundle = ["product2", "product4"]
+    first = {"products": bundle, "intent": "home office"} if intents else bundle
+    answer = {"bundle1": first, "bundle2": None, "bundle3": None}
+    assert _valid(answer, schema) and not _valid({"bundle1": first}, schema)  # unused bundles are written null
+    parsed = parse_bundles(json.dumps(answer), 4)
+    assert parsed.bundles == [[2, 4]] and parsed.intents == (["home office"] if intents else None)
+    assert portable_format(portable) is None  # already portable: nothing further to try
+    assert strict_mode_problem(portable_format(intent_format(2))["json_schema"]["schema"]) is None

@@ -35,9 +35,11 @@ from tests.kd_bundle.openai_stub import (  # noqa: F401  (fixtures are used by n
     NO_CHOICES,
     REJECT,
     SECRET_KEY,
+    STRICT,
     TRUNCATED,
     StubOpenAI,
     electronic_sessions,
+    strict_mode_problem,
     stub,
     teacher_env,
 )
@@ -288,10 +290,27 @@ def test_an_endpoint_that_rejects_schemas_is_asked_once_then_in_plain_text(teach
             another.complete([{"role": "user", "content": "detect 9"}], response_format=detection_format(4))
     assert all(parse_bundles(a.text, 4).bundles == [[1, 3]] and not a.structured for a in answers)
     rejected = [f for f in server.response_formats if f is not None]
-    assert 1 <= len(rejected) <= 2  # the first request (and one already in flight on the 2nd thread) asked
+    # the first request (and one already in flight on the 2nd thread) asked with the full schema, then the portable
+    assert 2 <= len(rejected) <= 4 and any(strict_mode_problem(f["json_schema"]["schema"]) is None for f in rejected)
     assert server.attempts == 6 + len(rejected) and len(server.answered) == 6
     warnings = [r.getMessage() for r in caplog.records if "does not accept response_format" in r.getMessage()]
     assert len(warnings) == 1 and server.base_url in warnings[0] and "falling back to plain text" in warnings[0]
+
+
+def test_a_strict_mode_endpoint_gets_the_portable_schema_after_one_refusal(teacher_env, monkeypatch, caplog):
+    with StubOpenAI(lambda messages: "not used: the schema answers") as server:
+        server.schemas = STRICT  # OpenAI: the full schema is refused, its strict-mode subset is honoured
+        monkeypatch.setenv("KD_TEACHER_BASE_URL", server.base_url)
+        with TeacherClient(CFG) as client:
+            answers = [client.complete([{"role": "user", "content": f"detect {n}"}],
+                                       response_format=detection_format(4)) for n in range(3)]
+            assert client.accepts_response_format()
+    assert all(a.structured and parse_bundles(a.text, 4).bundles == [[1, 2]] for a in answers)
+    sent = [f["json_schema"]["schema"] for f in server.response_formats]
+    assert len(sent) == 4 and "minItems" in sent[0]["properties"]["bundle1"]  # the full schema, once
+    assert all(strict_mode_problem(schema) is None for schema in sent[1:])
+    warnings = [r.getMessage() for r in caplog.records if "refused the full answer schema" in r.getMessage()]
+    assert len(warnings) == 1 and server.base_url in warnings[0]
 
 
 def test_a_fallback_answer_is_cached_under_the_plain_request(teacher_env, monkeypatch):
