@@ -250,7 +250,9 @@ def _load_base(cfg: StudentConfig, quantize: bool, training: bool = False) -> tu
     """(model, is_4bit). NF4 with double quantization when asked; a failure to load 4-bit falls back, with a warning."""
     import torch
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # a 272-step bar per 0.3 s load, once per task, buries the flow's log lines
     path = model_path(cfg)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype, why = resolve_dtype(cfg.dtype, device, training)
@@ -280,7 +282,12 @@ def _trainable_model(student: StudentConfig, cfg: SFTConfig) -> tuple[Any, bool]
     if quantized:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
     elif cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        # transformers 5 renamed the call (the old one warns); non-reentrant is torch's recommended checkpointing
+        enable = getattr(model, "activation_checkpointing_enable", None)
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     model.config.use_cache = False
     targets = cfg.target_modules if isinstance(cfg.target_modules, str) else list(cfg.target_modules)
