@@ -8,8 +8,8 @@ import jsonschema
 import pytest
 
 from kd_bundle.answer_schema import bundle_answer_schema, detection_format, intent_format, portable_format
-from tests.kd_bundle.openai_stub import strict_mode_problem
 from kd_bundle.parsing import parse_bundles, parse_intents
+from tests.kd_bundle.openai_stub import strict_mode_problem
 
 
 def _valid(answer, schema) -> bool:
