@@ -65,7 +65,7 @@ RULE_COLUMNS: dict[str, pl.DataType] = {
 _MARKER = re.compile(r"^\s*(?:[-•#>]+|\(?\d+[.):]|rule\s*\d*\s*[:.])\s*", re.I)
 
 
-class RuleConfig(BaseModel, frozen=True):
+class RuleConfig(BaseModel, frozen=True, extra="forbid"):
     """Self-reflection settings; the prompt version is part of every task cache key."""
 
     self_correction: bool = Field(True, description="AICL's 3 turns: intents, adjusted bundles, regenerated intents.")

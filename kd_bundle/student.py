@@ -28,7 +28,7 @@ from kd_bundle.icl import EXAMPLE_COLUMNS, ICLConfig, build_sft_examples
 log = logging.getLogger(__name__)
 
 
-class StudentConfig(BaseModel, frozen=True):
+class StudentConfig(BaseModel, frozen=True, extra="forbid"):
     """Which model is the student and how it generates (shared by ICL, SFT and SFT+ICL)."""
 
     model: str = Field("smollm2", description="'smollm2' (shipped SmolLM2-135M-Instruct), an HF name in the local cache, or a folder.")
@@ -53,7 +53,7 @@ class StudentConfig(BaseModel, frozen=True):
     )
 
 
-class SFTConfig(BaseModel, frozen=True):
+class SFTConfig(BaseModel, frozen=True, extra="forbid"):
     """QLoRA hyper-parameters and which knowledge the training examples carry."""
 
     knowledge: ICLConfig = Field(

@@ -11,7 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 Message = dict[str, str]
 
 
-class TeacherConfig(BaseModel, frozen=True):
+class TeacherConfig(BaseModel, frozen=True, extra="forbid"):
     """What the teacher is asked with: model and generation settings. Part of every cache key."""
 
     model: str = Field("smollm2", description="Model name at the endpoint; 'smollm2' is the embedded teacher.")

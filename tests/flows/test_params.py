@@ -13,6 +13,9 @@ from flows.cells import PipelineConfig
 from flows.params import deep_merge, merged_over
 from kd_bundle.config import BaselineConfig, DataConfig, PatternConfig
 from kd_bundle.grid import GridConfig, RQ1Grid
+from kd_bundle.rules import RuleConfig
+from kd_bundle.student import SFTConfig, StudentConfig
+from kd_bundle.teacher_config import TeacherConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOYMENTS = {d["name"] + ":" + d["entrypoint"]: d for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]}
@@ -39,6 +42,11 @@ def test_every_deployment_parameter_is_known_to_its_flow(key):
     (BaselineConfig, {"metod": "category"}, "metod"),
     (RQ1Grid, {"format": ["raw"]}, "format"),
     (GridConfig, {"rq1": {"utilisations": ["icl"]}}, "utilisations"),
+    # the library's own configs, for callers outside the flows (python -m kd_bundle.student, notebooks)
+    (StudentConfig, {"batch_sise": 2}, "batch_sise"),
+    (SFTConfig, {"learning_rte": 1e-4}, "learning_rte"),
+    (RuleConfig, {"feedback_round": 2}, "feedback_round"),
+    (TeacherConfig, {"temprature": 0.5}, "temprature"),
 ])  # fmt: skip
 def test_misspelt_keys_are_refused(model, data, where):
     with pytest.raises(ValidationError, match=where.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(").replace(")", r"\)")):
