@@ -279,10 +279,11 @@ def _trainable_model(student: StudentConfig, cfg: SFTConfig) -> tuple[Any, bool]
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     model, quantized = _load_base(student, quantize=cfg.quantization == "nf4", training=True)
-    if quantized:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
-    elif cfg.gradient_checkpointing:
-        # transformers 5 renamed the call (the old one warns); non-reentrant is torch's recommended checkpointing
+    if quantized:  # fp32 norms and embeddings; checkpointing is enabled below, the same way for both paths
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if cfg.gradient_checkpointing:
+        # transformers 5 renamed the call (the old name, which peft's helper uses, warns); non-reentrant is torch's
+        # recommended checkpointing and needs no input-grad hook, which is kept for transformers without the new call
         enable = getattr(model, "activation_checkpointing_enable", None)
         if enable is not None:
             enable(activation_checkpointing_kwargs={"use_reentrant": False})
