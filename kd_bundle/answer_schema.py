@@ -17,6 +17,7 @@ from typing import Any
 
 MAX_BUNDLES = 5  # the most bundles of any session in electronic, food and clothing
 MAX_INTENT_CHARS = 60  # "3 to 5 words"; a bound keeps a small model from writing an essay inside the string
+_INTENT = {"type": "string", "minLength": 3, "maxLength": MAX_INTENT_CHARS}
 
 
 def bundle_answer_schema(n_items: int, max_bundles: int = MAX_BUNDLES, intents: bool = False) -> dict[str, Any]:
@@ -34,7 +35,7 @@ def bundle_answer_schema(n_items: int, max_bundles: int = MAX_BUNDLES, intents: 
     }
     bundle = products if not intents else {
         "type": "object",
-        "properties": {"products": products, "intent": {"type": "string", "minLength": 3, "maxLength": MAX_INTENT_CHARS}},
+        "properties": {"products": products, "intent": _INTENT},
         "required": ["products", "intent"],
         "additionalProperties": False,
     }
@@ -50,8 +51,7 @@ def bundle_answer_schema(n_items: int, max_bundles: int = MAX_BUNDLES, intents: 
 def intent_answer_schema(n_bundles: int) -> dict[str, Any]:
     """The schema of AICL's intent turn: `{"bundle1": "intent", ...}` for each detected bundle."""
     keys = [f"bundle{b}" for b in range(1, max(1, n_bundles) + 1)]
-    intent = {"type": "string", "minLength": 3, "maxLength": MAX_INTENT_CHARS}
-    return {"type": "object", "properties": {key: intent for key in keys}, "required": keys,
+    return {"type": "object", "properties": {key: _INTENT for key in keys}, "required": keys,
             "additionalProperties": False}
 
 

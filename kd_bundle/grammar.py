@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 # twice that with intents. SmolLM2 spells it in ~14 tokens, so at the default caps this never binds a real answer.
 CLOSING_RESERVE = 40
 
+
 def answer_grammar(n_items: int, max_bundles: int, intents: bool = False, reasoning: bool = False) -> str:
     """EBNF (xgrammar dialect) of every answer allowed for a session of `n_items` products."""
     if n_items < 2:

@@ -283,7 +283,7 @@ def _trainable_model(student: StudentConfig, cfg: SFTConfig) -> tuple[Any, bool]
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     if cfg.gradient_checkpointing:
         # transformers 5 renamed the call (the old name, which peft's helper uses, warns); non-reentrant is torch's
-        # recommended checkpointing and needs no input-grad hook, which is kept for transformers without the new call
+        # recommended checkpointing. The input-grad hook below is what reentrant checkpointing would need: harmless here
         enable = getattr(model, "activation_checkpointing_enable", None)
         if enable is not None:
             enable(activation_checkpointing_kwargs={"use_reentrant": False})

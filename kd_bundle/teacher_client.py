@@ -51,6 +51,7 @@ R = TypeVar("R")
 
 # "endpoint model" -> the structured output it took: "portable" (refused the full schema, took OpenAI's strict
 # subset) or "plain" (refused both). Each refusal is learnt once per process.
+_SCHEMA_LEVELS = ("full", "portable", "plain")  # an endpoint only moves right
 _SCHEMA_LEVEL: dict[str, str] = {}
 _SCHEMA_LEVEL_LOCK = threading.Lock()
 _CUT = "answer cut at max_tokens"
@@ -106,13 +107,14 @@ class TeacherClient:
         generation = self.cfg.generation()
         if max_tokens is not None:
             generation["max_tokens"] = max_tokens
-        if response_format is not None and self._schema_level() != "full":
-            response_format = portable_format(response_format) if self._schema_level() == "portable" else None
+        level = self._schema_level()
+        if response_format is not None and level != "full":
+            response_format = None if level == "plain" else portable_format(response_format) or response_format
         while response_format is not None:
             try:
                 return self._answer(messages, {**generation, "response_format": response_format}, require_full)
             except _SchemaRejected as rejected:
-                response_format = portable_format(response_format)
+                response_format = portable_format(response_format)  # None: it was portable already
                 self._remember_schema_level("portable" if response_format is not None else "plain", str(rejected))
         return self._answer(messages, generation, require_full)
 
@@ -122,7 +124,11 @@ class TeacherClient:
 
     def _schema_level(self) -> str:
         with _SCHEMA_LEVEL_LOCK:
-            return _SCHEMA_LEVEL.get(f"{self.endpoint} {self.cfg.model}", "full")
+            return _SCHEMA_LEVEL.get(self._schema_key, _SCHEMA_LEVELS[0])
+
+    @property
+    def _schema_key(self) -> str:
+        return f"{self.endpoint} {self.cfg.model}"
 
     def note_failure(self, n: int = 1) -> None:
         """Callers report answers they could not use (parse failures), for progress lines and summaries."""
@@ -272,13 +278,11 @@ class TeacherClient:
         return replace(completion, structured="response_format" in generation)
 
     def _remember_schema_level(self, level: str, reason: str) -> None:
-        order = ("full", "portable", "plain")
         with _SCHEMA_LEVEL_LOCK:
-            endpoint = f"{self.endpoint} {self.cfg.model}"
-            current = _SCHEMA_LEVEL.get(endpoint, "full")
-            first = order.index(level) > order.index(current)
+            current = _SCHEMA_LEVEL.get(self._schema_key, _SCHEMA_LEVELS[0])
+            first = _SCHEMA_LEVELS.index(level) > _SCHEMA_LEVELS.index(current)
             if first:
-                _SCHEMA_LEVEL[endpoint] = level
+                _SCHEMA_LEVEL[self._schema_key] = level
         if first and level == "portable":
             log.warning("teacher endpoint %s (model %r) refused the full answer schema (%s); asking with its "
                         "strict-mode subset (every key required, no length keywords)", self.endpoint, self.cfg.model,
