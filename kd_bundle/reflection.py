@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from kd_bundle.answer_schema import detection_format
 from kd_bundle.parsing import ParsedBundles, parse_bundles
 from kd_bundle.prompts import (
     ADJUST_INSTRUCTION,
@@ -29,8 +30,7 @@ from kd_bundle.prompts import (
     format_bundles,
     format_session,
 )
-from kd_bundle.answer_schema import detection_format
-from kd_bundle.teacher import TeacherClient, TeacherTruncated
+from kd_bundle.teacher import TeacherClient
 
 # AICL's findErrors codes -> the tip the teacher reads.
 ERROR_TIPS = {
@@ -83,15 +83,12 @@ def reflect(session: dict[str, Any], cfg: Any, client: TeacherClient) -> Reflect
         conversation.append({"role": "user", "content": prompt})
         # Bundle turns ask the endpoint for the session's answer schema; intents and explanations are free text.
         answer_format = detection_format(n_items) if step in BUNDLE_STEPS else None
-        try:
-            completion = client.complete(list(conversation), response_format=answer_format, require_full=True)
-            answer = completion.text
-        except TeacherTruncated as truncated:
-            completion, answer = truncated.completion, ""  # a cut answer is a failed turn, never bundles
+        completion = client.complete_or_cut(list(conversation), response_format=answer_format)
+        if completion.truncated:  # a cut answer stays in the chat but is a failed turn, never bundles
             cut.append(step)
         keys.append(completion.request_key)
-        conversation.append({"role": "assistant", "content": answer or completion.text})
-        return answer
+        conversation.append({"role": "assistant", "content": completion.text})
+        return "" if completion.truncated else completion.text
 
     first_text = ask("detect", DETECT_INSTRUCTION.replace("{session}", format_session(session["titles"])))
     first = parse_bundles(first_text, n_items)

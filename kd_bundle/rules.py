@@ -27,7 +27,7 @@ from kd_bundle.reflection import (  # noqa: F401  (error typing and tips are par
     type_errors,
 )
 from kd_bundle.reflection import jaccard as _jaccard
-from kd_bundle.teacher import TeacherClient, TeacherTruncated
+from kd_bundle.teacher import TeacherClient
 
 log = logging.getLogger("kd_bundle.teacher")
 
@@ -136,13 +136,9 @@ def _reflect(session: dict[str, Any], domain: str, cfg: RuleConfig, client: Teac
     done = reflect(session, cfg, client)
     conversation = done.conversation
     conversation.append({"role": "user", "content": RULES_QUESTION})
-    try:
-        answered = client.complete(list(conversation), require_full=True)
-        summary, cut = answered.text, 0
-    except TeacherTruncated as truncated:  # half a rule list is kept out of the knowledge
-        answered, cut = truncated.completion, 1
-        summary = answered.text  # kept raw for inspection; no rule is read from it
-    conversation.append({"role": "assistant", "content": answered.text})
+    answered = client.complete_or_cut(list(conversation))
+    summary, cut = answered.text, int(answered.truncated)  # a cut summary is kept raw; no rule is read from it
+    conversation.append({"role": "assistant", "content": summary})
     prompts = [turn["content"] for turn in conversation if turn["role"] == "user"]
     rules = [] if cut else [rule for rule in split_rules(summary, cfg) if not any(rule in prompt for prompt in prompts)]
     error = ("summary cut at max_tokens" if cut

@@ -18,8 +18,14 @@ from pydantic import BaseModel, Field
 from kd_bundle.answer_schema import detection_format, intent_format
 from kd_bundle.parsing import parse_bundles, parse_intents
 from kd_bundle.predictions import PREDICTION_COLUMNS, bundles_from_positions
-from kd_bundle.prompts import DETECT_INSTRUCTION, DETECT_WITH_KNOWLEDGE, INTENT_INSTRUCTION, PROMPT_VERSION, format_session
-from kd_bundle.teacher import TeacherClient, TeacherTruncated
+from kd_bundle.prompts import (
+    DETECT_INSTRUCTION,
+    DETECT_WITH_KNOWLEDGE,
+    INTENT_INSTRUCTION,
+    PROMPT_VERSION,
+    format_session,
+)
+from kd_bundle.teacher import TeacherClient
 
 log = logging.getLogger("kd_bundle.teacher")
 
@@ -93,10 +99,8 @@ def _predict(session: dict[str, Any], blocks: list[str], cfg: TeacherPredictConf
 
 def _ask(client: TeacherClient, conversation: list[dict[str, str]], response_format: dict[str, Any] | None) -> tuple[str, bool]:
     """(answer, complete): an answer cut at max_tokens is kept for the raw column but never parsed as knowledge."""
-    try:
-        return client.complete(list(conversation), response_format=response_format, require_full=True).text, True
-    except TeacherTruncated as cut:
-        return cut.completion.text, False
+    completion = client.complete_or_cut(list(conversation), response_format=response_format)
+    return completion.text, not completion.truncated
 
 
 def _knowledge_blocks(knowledge: pl.DataFrame | None) -> dict[int, list[str]]:

@@ -118,6 +118,14 @@ class TeacherClient:
                 self._remember_schema_level("portable" if response_format is not None else "plain", str(rejected))
         return self._answer(messages, generation, require_full)
 
+    def complete_or_cut(self, messages: list[Message], **kwargs: Any) -> Completion:
+        """`complete(require_full=True)` for callers that record a cut answer as a failure and go on: a full answer,
+        or the cut one with `truncated` set (counted, never cached) instead of TeacherTruncated."""
+        try:
+            return self.complete(messages, require_full=True, **kwargs)
+        except TeacherTruncated as cut:
+            return cut.completion
+
     def accepts_response_format(self) -> bool:
         """False once this endpoint (for this model) has rejected every response_format in this process."""
         return self._schema_level() != "plain"

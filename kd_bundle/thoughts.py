@@ -15,10 +15,17 @@ from typing import Any
 import polars as pl
 from pydantic import BaseModel, Field
 
-from kd_bundle.prompts import BUNDLE_DEFINITION, PROMPT_VERSION, bundle_positions, format_bundles, format_intents, format_session
+from kd_bundle.prompts import (
+    BUNDLE_DEFINITION,
+    PROMPT_VERSION,
+    bundle_positions,
+    format_bundles,
+    format_intents,
+    format_session,
+)
 from kd_bundle.retrieval import demonstration_text
 from kd_bundle.rules import CONVERSATION, training_sessions
-from kd_bundle.teacher import TeacherClient, TeacherTruncated
+from kd_bundle.teacher import TeacherClient
 
 log = logging.getLogger("kd_bundle.teacher")
 
@@ -99,14 +106,12 @@ def clean_thought(text: str, min_words: int, min_distinct_ratio: float = 0.0) ->
 def _think(session: dict[str, Any], domain: str, cfg: ThoughtConfig, client: TeacherClient) -> dict[str, Any]:
     positions = bundle_positions(session["bundles"], session["item_ids"])
     conversation = [{"role": "user", "content": thought_prompt(session["titles"], positions, session["intents"])}]
-    try:
-        completion = client.complete(list(conversation), max_tokens=cfg.max_tokens, require_full=True)
-        answer, truncated = completion.text, 0
+    completion = client.complete_or_cut(list(conversation), max_tokens=cfg.max_tokens)
+    answer, truncated = completion.text, int(completion.truncated)
+    if truncated:  # half a reasoning path is not knowledge; the client counted it as truncated
+        thought, error = None, f"answer cut at max_tokens={cfg.max_tokens or client.cfg.max_tokens}"
+    else:
         thought, error = clean_thought(answer, cfg.min_words, cfg.min_distinct_ratio)
-    except TeacherTruncated as cut:  # half a reasoning path is not knowledge; the client counted it as truncated
-        completion, truncated = cut.completion, 1
-        answer, thought = completion.text, None
-        error = f"answer cut at max_tokens={cfg.max_tokens or client.cfg.max_tokens}"
     conversation.append({"role": "assistant", "content": answer})
     if error:
         client.note_failure()
