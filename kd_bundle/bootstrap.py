@@ -36,17 +36,11 @@ def session_arrays(rows: list[dict[str, Any]]) -> tuple[np.ndarray, dict[str, np
     for row in rows:
         where = {sid: i for i, sid in enumerate(row["session_ids"])}
         take = np.array([where[sid] for sid in common])
-        scored = np.asarray(row["session_scored"], dtype=float)[take]
-        parts = {
-            "scored": scored,
-            "precision_scored": np.asarray(row["session_precision"], dtype=float)[take] * scored,
-            "recall_scored": np.asarray(row["session_recall"], dtype=float)[take] * scored,
-            "hits": np.asarray(row["session_hits"], dtype=float)[take],
-            "coverage_sum": np.asarray(row["session_coverage_sum"], dtype=float)[take],
-            "precision": np.asarray(row["session_precision"], dtype=float)[take],
-            "strict_recall": np.asarray(row["session_strict_recall"], dtype=float)[take],
-            "strict_coverage": np.asarray(row["session_strict_coverage"], dtype=float)[take],
-        }
+        column = {name: np.asarray(row[f"session_{name}"], dtype=float)[take]
+                  for name in ("scored", "precision", "recall", "hits", "coverage_sum", "strict_recall",
+                               "strict_coverage")}
+        parts = {**column, "precision_scored": column["precision"] * column["scored"],
+                 "recall_scored": column["recall"] * column["scored"]}
         for p in _PARTS:
             total[p] += parts[p]
     return np.asarray(common), {p: v / len(rows) for p, v in total.items()}
