@@ -20,9 +20,8 @@ import polars as pl
 
 from kd_bundle import bootstrap
 from kd_bundle.grid import MULTI_DOMAIN, MULTI_FORMAT, SAMPLING_STRATEGIES
-from kd_bundle.results import conform
+from kd_bundle.results import CONFIG_COLUMNS, conform
 
-CONFIG_COLUMNS = ["domain", "rq", "method", "model", "knowledge_format", "strategy", "ratio", "utilization"]
 FACTORS = ["format", "quantity", "utilization"]
 QUANTITIES = ["train_sessions", "pattern_lines", "rule_count", "thought_count", "knowledge_tokens"]
 STUDENT, TEACHER = "student", "teacher"

@@ -18,7 +18,9 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-METRIC_NAMES = ["precision", "recall", "coverage", "strict_precision", "strict_recall", "strict_coverage"]
+from kd_bundle.results import METRIC_COLUMNS
+
+METRIC_NAMES = METRIC_COLUMNS
 # per-session arrays the metrics are built from; AICL sums are taken over scored sessions only
 _PARTS = ["scored", "precision_scored", "recall_scored", "hits", "coverage_sum", "precision", "strict_recall",
           "strict_coverage"]

@@ -20,7 +20,7 @@ import polars as pl
 
 from kd_bundle import analysis
 from kd_bundle.plots import plot_results
-from kd_bundle.report_tables import METRICS, REQUIRED_COLUMNS, markdown_tables
+from kd_bundle.report_tables import METRICS, REQUIRED_COLUMNS, markdown_lines, markdown_tables
 from kd_bundle.results import conform
 
 __all__ = ["cli", "markdown_report", "markdown_tables", "plot_results", "read_results"]
@@ -122,7 +122,7 @@ def _confidence_section(table: pl.DataFrame, prefix: str, kind: str) -> list[str
     note = (f"95% percentile-bootstrap intervals over sessions ({kind} metrics); seeds pooled per session. Verdicts "
             "per P R C from a paired bootstrap on the sessions both rows share: '+' above, '-' below, '=' not "
             "distinguishable, '.' no per-session data or the row itself.")
-    return ["", "## Confidence: every configuration", "", note, "", *_markdown(header, rows)]
+    return ["", "## Confidence: every configuration", "", note, "", *markdown_lines(header, rows)]
 
 
 def _section(title: str, frame: pl.DataFrame, columns: dict[str, str], note: str = "",
@@ -131,7 +131,7 @@ def _section(title: str, frame: pl.DataFrame, columns: dict[str, str], note: str
         return []
     percent = percent or set()
     rows = [[_text(r.get(c), c in percent, c == "ratio") for c in columns] for r in frame.iter_rows(named=True)]
-    return ["", f"## {title}", "", *([note, ""] if note else []), *_markdown(list(columns.values()), rows)]
+    return ["", f"## {title}", "", *([note, ""] if note else []), *markdown_lines(list(columns.values()), rows)]
 
 
 def _interval(row: dict[str, Any], metric: str) -> str:
@@ -154,7 +154,3 @@ def _text(value: Any, percent: bool = False, plain: bool = False) -> str:
             return f"{value:,.0f}"
         return f"{value:.1f}" if abs(value) >= 10 else f"{value:.3f}"
     return str(value)
-
-
-def _markdown(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]

@@ -12,8 +12,8 @@ import polars as pl
 
 from kd_bundle.config import DOMAINS
 from kd_bundle.grid import KNOWLEDGE_FORMATS, MULTI_DOMAIN, MULTI_FORMAT, SAMPLING_STRATEGIES, UTILIZATIONS
+from kd_bundle.results import CONFIG_COLUMNS as LABEL_COLUMNS
 
-LABEL_COLUMNS = ["domain", "rq", "method", "model", "knowledge_format", "strategy", "ratio", "utilization"]
 METRICS = {"precision": "P", "recall": "R", "coverage": "C"}
 REQUIRED_COLUMNS = LABEL_COLUMNS + list(METRICS)
 STUDENT = "student"
@@ -99,7 +99,7 @@ def _rq2_sections(rq2: pl.DataFrame, domains: list[str], strict: bool) -> list[s
         rows = [[s, symbol] + [_cell(values.get((s, x), {}).get(m)) for x in ratios]
                 for s in strategies for m, symbol in _shown(strict).items()]
         lines += _section(f"RQ2: {domain}, {fmt}, {utilization} (metric vs sampling ratio)",
-                          _markdown(["Strategy", "Metric"] + [f"{x:g}" for x in ratios], rows), level=3)
+                          markdown_lines(["Strategy", "Metric"] + [f"{x:g}" for x in ratios], rows), level=3)
     full = rq2.filter(pl.col("strategy").is_in(SAMPLING_STRATEGIES) & (pl.col("ratio") == 1.0)).with_columns(
         setting=pl.lit("one domain, full pool"))
     multi = rq2.filter(pl.col("strategy").is_in([MULTI_DOMAIN, MULTI_FORMAT])).with_columns(setting=pl.col("strategy"))
@@ -146,10 +146,10 @@ def _domain_table(frame: pl.DataFrame, keys: list[str], headers: list[str], doma
         mine = {r["domain"]: r for r in refs.filter(pl.col("label") == label).iter_rows(named=True)}
         rows.append(["reference", label] + [""] * (len(keys) - 2)
                     + [_cell(mine.get(d, {}).get(m)) for d in domains for m in shown])
-    return _markdown(headers + [f"{d} {s}" for d in domains for s in shown.values()], rows)
+    return markdown_lines(headers + [f"{d} {s}" for d in domains for s in shown.values()], rows)
 
 
-def _markdown(header: list[str], rows: list[list[str]]) -> list[str]:
+def markdown_lines(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
 
 

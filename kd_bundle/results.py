@@ -67,6 +67,8 @@ SESSION_COLUMNS = ["session_ids", "session_scored", "session_precision", "sessio
                    "session_coverage_sum", "session_strict_recall", "session_strict_coverage"]
 OPTIONAL_COLUMNS = COST_COLUMNS + QUANTITY_COLUMNS + ["sampling_seed", "training_seed"] + SESSION_COLUMNS
 METRIC_COLUMNS = ["precision", "recall", "coverage", "strict_precision", "strict_recall", "strict_coverage"]
+# the labels that make one configuration: rows equal on these are repeats of it (seeds, reruns)
+CONFIG_COLUMNS = ["domain", "rq", "method", "model", "knowledge_format", "strategy", "ratio", "utilization"]
 
 _DEFAULTS: dict[str, Any] = {
     "knowledge_format": "none",
