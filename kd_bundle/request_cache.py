@@ -32,6 +32,9 @@ USAGE_COLUMNS = {
 }
 
 
+_KEYS_PER_QUERY = 900  # below SQLite's oldest bound-parameter limit (999)
+
+
 def request_key(model: str, messages: list[Message], generation: dict[str, Any]) -> str:
     """Content hash of one request: model, messages and everything that changes the answer (sampling, max_tokens,
     response_format). The endpoint, key and client settings are deliberately not in it."""
@@ -75,15 +78,21 @@ class RequestCache:
             )
 
     def usage(self, keys: Iterable[str] | None = None) -> pl.DataFrame:
+        """Usage rows of every answer, or of `keys` only: looked up by primary key, since a results row asks for
+        a few requests of a cache that grows with the whole grid."""
         query = ("SELECT request_key, model, endpoint, prompt_tokens, completion_tokens, cost, latency_s,"
                  " finish_reason, answered_at FROM answers")
         with self._lock:
-            rows = self._db.execute(query).fetchall()
+            if keys is None:
+                rows = self._db.execute(query).fetchall()
+            else:
+                wanted, rows = list(dict.fromkeys(keys)), []
+                for start in range(0, len(wanted), _KEYS_PER_QUERY):
+                    chunk = wanted[start : start + _KEYS_PER_QUERY]
+                    rows += self._db.execute(f"{query} WHERE request_key IN ({', '.join('?' * len(chunk))})",
+                                             chunk).fetchall()
         names = [c for c in USAGE_COLUMNS if c != "from_cache"]
-        frame = pl.DataFrame(rows, schema={c: USAGE_COLUMNS[c] for c in names}, orient="row")
-        if keys is not None:
-            frame = frame.filter(pl.col("request_key").is_in(list(keys)))
-        return frame
+        return pl.DataFrame(rows, schema={c: USAGE_COLUMNS[c] for c in names}, orient="row")
 
     def __len__(self) -> int:
         with self._lock:

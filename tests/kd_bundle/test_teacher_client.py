@@ -422,3 +422,17 @@ def test_an_empty_answer_an_older_client_cached_is_asked_again(stub):
         assert not answer.from_cache and "bundle1" in answer.text
         assert client.complete(messages).from_cache
     assert stub.attempts == 1
+
+
+def test_usage_of_some_keys_reads_exactly_those_rows_past_sqlite_parameter_limits(tmp_path):
+    cache = RequestCache(tmp_path / "requests.sqlite")
+    try:
+        for n in range(1200):
+            cache.put(f"k{n}", {"model": "m", "prompt_tokens": n, "completion_tokens": 1, "answered_at": float(n)})
+        wanted = [f"k{n}" for n in range(0, 1200, 2)] + ["k0", "absent"]  # 600 keys, a repeat, an unknown one
+        usage = cache.usage(wanted)
+        assert sorted(usage["request_key"]) == sorted(set(wanted) - {"absent"})
+        assert usage["prompt_tokens"].sum() == sum(range(0, 1200, 2)) and cache.usage().height == 1200
+        assert cache.usage([f"k{n}" for n in range(1000)]).height == 1000  # more keys than one query binds
+    finally:
+        cache.close()
