@@ -29,7 +29,7 @@ from kd_bundle.student import SFTConfig, StudentConfig
 from kd_bundle.teacher_baseline import TeacherPredictConfig
 
 # 4 training sessions distilled by the teacher (AICL's loop with one feedback round: ~6 requests each), 60 test
-# sessions. On 2 cores the grammar-held SmolLM2 answers ~1 zero-shot session/s and ~0.33 ICL sessions/s
+# sessions. On 2 cores the grammar-held SmolLM2 answers 0.7-1 zero-shot sessions/s and ~0.3 ICL sessions/s
 # (bench/README.md, idle); the whole job took 13.5 min cold on an idle 2-core machine (README).
 DEMO_GRID = RQ1Grid(formats=("raw", "rules"), utilizations=("icl", "sft"))
 # RQ3 on the same two formats: its ICL and SFT cells are RQ1's (shared, cached), SFT+ICL crosses them 2 x 2,
