@@ -3,9 +3,12 @@
     .venv/bin/python bench/cpu_kernels.py [--threads 2] [--no-llama]
 
 Prints one line per figure (bench/README.md quotes them):
+- microseconds of SmolLM2's `Linear` shapes at decode-step (1-16 rows) and prefill (300-1,000 rows) sizes, with
+  the weight row-major (as checkpoints store it) and column-major (its transpose contiguous);
 - GFLOP/s of one `Linear` of SmolLM2's MLP shape (1,000 tokens x 576 -> 1,536) in fp32, bf16, and int8 through torch's
   dynamic quantization (fbgemm / oneDNN / x86 engines), with the int8 output's relative error;
-- SmolLM2-135M prefill of 1,000 tokens (tokens/s) and one decode step, fp32 and bf16;
+- SmolLM2-135M prefill of 1,000 tokens (tokens/s) and one decode step at batch 1 and 4, in fp32 (checkpoint layout
+  and column-major) and bf16;
 - how far int8 dynamic quantization moves SmolLM2's next-token ranking on a real prompt (top-1, top-10 overlap);
 - llama.cpp prefill of 1,000 tokens from the shipped Q4_1 GGUF, and from Q8_0 / F16 files requantized from it.
 Best of 3 repetitions each; nothing else should run on the machine.
@@ -52,29 +55,53 @@ def linear_kernels() -> None:
         print(f"linear 1000x576x1536 int8 dynamic ({engine}): {flop / seconds / 1e9:.0f} GOP/s, relative error {error:.3f}")
 
 
+def weight_layouts() -> None:
+    for k, n in ((576, 576), (576, 1536), (1536, 576), (576, 49152)):
+        row_major = torch.randn(n, k)
+        column_major = row_major.t().contiguous().t()
+        for m in (1, 4, 16, 300, 1000):
+            x, reps = torch.randn(m, k), (20 if m < 300 else 3)
+            seconds = [best_seconds(lambda: [torch.nn.functional.linear(x, w) for _ in range(reps)]) / reps
+                       for w in (row_major, column_major)]
+            same = torch.equal(torch.nn.functional.linear(x, row_major), torch.nn.functional.linear(x, column_major))
+            print(f"linear {m}x{k}x{n} fp32: row-major weight {seconds[0] * 1e6:.0f} us, column-major "
+                  f"{seconds[1] * 1e6:.0f} us, outputs {'equal' if same else 'differ in rounding'}")
+
+
+def column_major_linears(model: torch.nn.Module) -> None:
+    """Every Linear weight stored as its contiguous transpose; a tied LM head gets its own copy."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            module.weight = torch.nn.Parameter(module.weight.detach().t().contiguous().t(), requires_grad=False)
+
+
 def smollm2_prefill() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from kd_bundle.models import smollm2_folder
 
     folder = smollm2_folder()
-    ids = torch.randint(100, 40000, (1, 1000))
+    ids = torch.randint(100, 40000, (4, 1000))
     models = {}
-    for dtype in (torch.float32, torch.bfloat16):
+    for name, dtype, layout in (("fp32", torch.float32, False), ("fp32 column-major", torch.float32, True),
+                                ("bf16", torch.bfloat16, False)):
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval()
-        models[dtype] = model
+        if layout:
+            column_major_linears(model)
+        models[name] = model
+        steps = []
         with torch.inference_mode():
-            prefill = best_seconds(lambda: model(ids, logits_to_keep=1))
-            cache = model(ids, use_cache=True, logits_to_keep=1).past_key_values
+            prefill = best_seconds(lambda: model(ids[:1], logits_to_keep=1))
+            for batch in (1, 4):
+                cache = model(ids[:batch], use_cache=True, logits_to_keep=1).past_key_values
 
-            def step() -> None:
-                model(ids[:, -1:], past_key_values=cache, logits_to_keep=1)
-                cache.crop(-1)  # back to the prompt, so every repetition decodes position 1,001
+                def step() -> None:
+                    model(ids[:batch, -1:], past_key_values=cache, logits_to_keep=1)
+                    cache.crop(-1)  # back to the prompt, so every repetition decodes position 1,001
 
-            step_seconds = best_seconds(step)
-        print(f"smollm2 {str(dtype).removeprefix('torch.')}: prefill 1000 tokens {1000 / prefill:.0f} tokens/s, "
-              f"decode step {1000 * step_seconds:.0f} ms (batch 1)")
-    fp32 = models[torch.float32]
+                steps.append(f"{1000 * best_seconds(step):.0f} ms at batch {batch}")
+        print(f"smollm2 {name}: prefill 1000 tokens {1000 / prefill:.0f} tokens/s, decode step {', '.join(steps)}")
+    fp32 = models["fp32"]
     tokenizer = AutoTokenizer.from_pretrained(folder)
     prompt = tokenizer.apply_chat_template(
         [{"role": "user", "content": "Please detect bundles from a sequence of products: product1: camera body, "
@@ -128,6 +155,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
     print(f"torch {torch.__version__}, {torch.backends.cpu.get_cpu_capability()}, {args.threads} threads")
+    weight_layouts()
     linear_kernels()
     smollm2_prefill()
     if not args.no_llama:
