@@ -121,7 +121,7 @@ def smollm2_prefill() -> None:
 def llama_cpp_prefill(threads: int) -> None:
     import llama_cpp
 
-    from kd_bundle.teacher_backends import _gguf
+    from kd_bundle.teacher.backends import _gguf
 
     source = _gguf("smollm2")  # the GGUF the embedded teacher serves
     tokens = [random.Random(0).randrange(100, 40000) for _ in range(1000)]

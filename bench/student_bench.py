@@ -31,10 +31,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import polars as pl  # noqa: E402
 
-from kd_bundle.icl import ICLConfig, build_prompts, knowledge_sections, user_message  # noqa: E402
-from kd_bundle.retrieval import RetrievalConfig, build_index, embed_sessions, retrieve_knowledge  # noqa: E402
-from kd_bundle.student import SFTConfig, StudentConfig, context_window, load_student, peak_memory_bytes  # noqa: E402
-from kd_bundle.student import train_adapter  # noqa: E402
+from kd_bundle.student.icl import ICLConfig, build_prompts, knowledge_sections, user_message  # noqa: E402
+from kd_bundle.student.model import StudentConfig, context_window, load_student, peak_memory_bytes
+from kd_bundle.student.retrieval import RetrievalConfig, build_index, embed_sessions, retrieve_knowledge  # noqa: E402
+from kd_bundle.student.training import (
+    SFTConfig,  # noqa: E402
+    train_adapter,  # noqa: E402
+)
 
 log = logging.getLogger("bench")
 
@@ -95,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         print(results.select("utilization", "knowledge_format", "precision", "recall", "coverage",
                              "strict_precision", "n_scored", "n_failed"))
     if args.teacher_embedded:  # llm-katan serving the same SmolLM2 (transformers backend), started here and stopped
-        from kd_bundle.teacher_server import start_server, stop_server
+        from kd_bundle.teacher.server import start_server, stop_server
 
         server = start_server(args.teacher_model, model=args.model, host="127.0.0.1", port=args.teacher_port)
         try:
@@ -112,8 +115,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _decoding_compare(args) -> int:
     """Zero-shot, ICL (and SFT when --steps > 0) under grammar and free decoding, on the same test sessions."""
-    from kd_bundle.metrics import score_predictions
-    from kd_bundle.student import cpu_bf16
+    from kd_bundle.evaluation.metrics import score_predictions
+    from kd_bundle.student.model import cpu_bf16
 
     sessions = _real_sessions(args)
     student = StudentConfig(model=args.model, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
@@ -153,7 +156,7 @@ def _threads() -> int:
 
 
 def _timed_predict(sessions, retrieved, student, icl, adapter, limit: int | None = None):
-    from kd_bundle.generate import predict_bundles
+    from kd_bundle.student.generate import predict_bundles
 
     targets = sessions.filter(pl.col("split") == "test")
     targets = targets.head(limit) if limit else targets
@@ -174,9 +177,9 @@ def _timed_predict(sessions, retrieved, student, icl, adapter, limit: int | None
 
 
 def _score_all(sessions, predictions: dict[str, pl.DataFrame], args, report) -> pl.DataFrame:
-    from kd_bundle.metrics import score_predictions
-    from kd_bundle.predictions import write_predictions_jsonl
-    from kd_bundle.results import combine_results, result_row
+    from kd_bundle.evaluation.metrics import score_predictions
+    from kd_bundle.evaluation.predictions import write_predictions_jsonl
+    from kd_bundle.evaluation.results import combine_results, result_row
 
     test = sessions.filter(pl.col("split") == "test")
     rows = []
@@ -220,7 +223,7 @@ def _teacher_throughput(sessions, retrieved, icl, args) -> dict:
 
 def _real_sessions(args) -> pl.DataFrame:
     from kd_bundle.config import DataConfig, settings
-    from kd_bundle.sessions import load_sessions
+    from kd_bundle.data.sessions import load_sessions
 
     data = DataConfig(domain=args.domain, max_train_sessions=args.train_sessions, max_test_sessions=args.test_sessions)
     sessions = load_sessions(data, settings().data_root)

@@ -31,9 +31,9 @@ sys.path[:0] = [str(BENCH.parent), str(BENCH)]
 import polars as pl
 from student_bench import _real_sessions, _retrieve  # the same slice and retrieval as the 0.118 run
 
-from kd_bundle.icl import ICLConfig, knowledge_sections, user_message
-from kd_bundle.teacher_backends import BACKENDS, default_threads
-from kd_bundle.teacher_server import start_server, stop_server
+from kd_bundle.student.icl import ICLConfig, knowledge_sections, user_message
+from kd_bundle.teacher.backends import BACKENDS, default_threads
+from kd_bundle.teacher.server import start_server, stop_server
 
 
 def answer_schema(n_items: int, max_bundles: int = 5) -> dict:

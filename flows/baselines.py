@@ -11,12 +11,11 @@ from pydantic import BaseModel, Field
 from flows.prefect_server import guard_temporary_server
 from kd_bundle.cli_errors import run_cli
 from kd_bundle.config import DOMAINS, BaselineConfig, DataConfig, Domain, PatternConfig, settings
-from kd_bundle.results import CellLabels, markdown_table
+from kd_bundle.evaluation.results import CellLabels, markdown_table
 from kd_bundle.store import ArtifactRef, read_artifact
-from tasks.baselines import predict_baseline
-from tasks.patterns import mine_patterns
-from tasks.scoring import collect_results, publish_results, score_predictions
-from tasks.sessions import load_sessions
+from tasks.data import load_sessions
+from tasks.evaluation import collect_results, predict_baseline, publish_results, score_predictions
+from tasks.knowledge import mine_patterns
 
 
 class BaselineRun(BaseModel, frozen=True, extra="forbid"):

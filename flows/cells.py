@@ -14,32 +14,33 @@ from pydantic import BaseModel, Field, model_validator
 
 from kd_bundle import grid
 from kd_bundle.config import BaselineConfig, DataConfig, PatternConfig, reject_unknown_keys, settings
-from kd_bundle.icl import ICLConfig
-from kd_bundle.results import CellLabels
-from kd_bundle.retrieval import RetrievalConfig
-from kd_bundle.rules import RuleConfig
-from kd_bundle.sampling import SamplingConfig
+from kd_bundle.evaluation.results import CellLabels
+from kd_bundle.evaluation.teacher_baseline import TeacherPredictConfig
+from kd_bundle.knowledge.rules import RuleConfig
+from kd_bundle.knowledge.sampling import SamplingConfig
+from kd_bundle.knowledge.thoughts import ThoughtConfig
 from kd_bundle.store import ArtifactRef
-from kd_bundle.student import SFTConfig, StudentConfig
+from kd_bundle.student.icl import ICLConfig
+from kd_bundle.student.model import StudentConfig
+from kd_bundle.student.retrieval import RetrievalConfig
+from kd_bundle.student.training import SFTConfig
 from kd_bundle.teacher import TeacherConfig
-from kd_bundle.teacher_baseline import TeacherPredictConfig
-from kd_bundle.thoughts import ThoughtConfig
-from tasks.baselines import predict_baseline
 from tasks.common import resolved, submitted_stages
+from tasks.data import load_sessions
+from tasks.evaluation import collect_results, predict_baseline, publish_results, score_predictions, teacher_predict
 from tasks.knowledge import (
     combine_domains,
+    distill_rules,
+    distill_thoughts,
+    mine_patterns,
     pattern_difficulty,
     pool_training,
     sample_training,
     select_knowledge,
     teacher_difficulty,
 )
-from tasks.patterns import mine_patterns
-from tasks.reports import publish_report
-from tasks.scoring import collect_results, publish_results, score_predictions
-from tasks.sessions import load_sessions
+from tasks.report import publish_report
 from tasks.student import embed_sessions, index_sessions, retrieve_knowledge, student_predict, train_adapter
-from tasks.teacher import distill_rules, distill_thoughts, teacher_predict
 
 
 class PipelineConfig(BaseModel, frozen=True, extra="forbid"):

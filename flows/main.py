@@ -20,13 +20,14 @@ from flows.prefect_server import guard_temporary_server
 from flows.research import rq1_knowledge_format, rq3_knowledge_utilization
 from kd_bundle.cli_errors import run_cli
 from kd_bundle.config import DOMAINS, Domain
+from kd_bundle.evaluation.results import markdown_table
+from kd_bundle.evaluation.teacher_baseline import TeacherPredictConfig
 from kd_bundle.grid import RQ1Grid, RQ3Grid
-from kd_bundle.icl import ICLConfig
-from kd_bundle.results import markdown_table
-from kd_bundle.rules import RuleConfig
+from kd_bundle.knowledge.rules import RuleConfig
 from kd_bundle.store import ArtifactRef, read_artifact
-from kd_bundle.student import SFTConfig, StudentConfig
-from kd_bundle.teacher_baseline import TeacherPredictConfig
+from kd_bundle.student.icl import ICLConfig
+from kd_bundle.student.model import StudentConfig
+from kd_bundle.student.training import SFTConfig
 
 # 4 training sessions distilled by the teacher (AICL's loop with one feedback round: ~6 requests each), 60 test
 # sessions. On 2 cores the grammar-held SmolLM2 answers 0.7-1 zero-shot sessions/s and ~0.3 ICL sessions/s

@@ -9,10 +9,10 @@ from kd_bundle.cli_errors import run_cli
 
 # command -> "module:function"; each function takes argv (list[str]) and returns an exit code.
 COMMANDS = {
-    "score": "kd_bundle.metrics:cli",
-    "distill": "kd_bundle.distill:cli",  # distill {rules,thoughts,baseline} through the teacher
-    "teacher-server": "kd_bundle.teacher_server:cli",  # start/stop/status of the embedded teacher; usage export
-    "report": "kd_bundle.report:cli",
+    "score": "kd_bundle.evaluation.metrics:cli",
+    "distill": "kd_bundle.knowledge.distill:cli",  # distill {rules,thoughts,baseline} through the teacher
+    "teacher-server": "kd_bundle.teacher.server:cli",  # start/stop/status of the embedded teacher; usage export
+    "report": "kd_bundle.report.document:cli",
 }
 
 

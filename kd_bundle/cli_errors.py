@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kd_bundle.config import settings
-from kd_bundle.session_checks import DataError
+from kd_bundle.data.checks import DataError
 
 EXIT_DATA_ERROR = 2
 _FORMAT = "%(asctime)s %(levelname)s %(name)s - %(message)s"

@@ -147,7 +147,7 @@ class Cell(BaseModel, frozen=True):
         return f"{self.domain}-{self.rq}-{self.utilization}-{knowledge}-{strategy}-{self.ratio:g}"
 
     def result_fields(self) -> dict[str, Any]:
-        """The cell's columns of a results row (kd_bundle.results.result_row)."""
+        """The cell's columns of a results row (kd_bundle.evaluation.results.result_row)."""
         if len(self.source_domains) > 1:
             strategy = MULTI_DOMAIN
         elif "+" in self.knowledge_format:

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from prefect import Task, task
-from prefect.futures import PrefectFuture
 from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
+from prefect.futures import PrefectFuture
 from prefect.utilities.hashing import hash_objects
 from pydantic import BaseModel
 

@@ -1,6 +1,6 @@
 """Student stages: embed -> index -> retrieve knowledge -> (train adapter) -> predict. Each returns an ArtifactRef.
 
-`knowledge` maps a format name to its frame's ref (the knowledge-pool contract is in kd_bundle/retrieval.py);
+`knowledge` maps a format name to its frame's ref (the knowledge-pool contract is in kd_bundle/student/retrieval.py);
 the sessions ref itself is a valid "raw" entry. The adapter is a content-addressed folder ("adapter" kind).
 
 Cache keys follow the refs: give `retrieve_knowledge` only the formats a stage uses (one call for the SFT input
@@ -16,28 +16,30 @@ import os
 import tempfile
 from pathlib import Path
 
-from kd_bundle import generate, retrieval, student
-from kd_bundle.costs import train_stats_path
-from kd_bundle.icl import ICLConfig
-from kd_bundle.retrieval import RetrievalConfig
+from kd_bundle.report.costs import train_stats_path
 from kd_bundle.store import ArtifactRef, read_artifact, write_artifact, write_directory
-from kd_bundle.student import SFTConfig, StudentConfig
+from kd_bundle.student import generate, retrieval, training
+from kd_bundle.student.icl import ICLConfig
+from kd_bundle.student.model import StudentConfig
+from kd_bundle.student.retrieval import RetrievalConfig
+from kd_bundle.student.training import SFTConfig
 from tasks.common import stage_task
 
 log = logging.getLogger(__name__)
 
 
-@stage_task("retrieval", task_run_name="embed-sessions-{cfg.method}")
+@stage_task("student.retrieval", task_run_name="embed-sessions-{cfg.method}")
 def embed_sessions(all_sessions: ArtifactRef, cfg: RetrievalConfig) -> ArtifactRef:
     return write_artifact(retrieval.embed_sessions(read_artifact(all_sessions), cfg), "embeddings")
 
 
-@stage_task("retrieval", task_run_name="index-sessions")
+@stage_task("student.retrieval", task_run_name="index-sessions")
 def index_sessions(all_sessions: ArtifactRef, embeddings: ArtifactRef) -> ArtifactRef:
     return write_artifact(retrieval.build_index(read_artifact(embeddings), read_artifact(all_sessions)), "index")
 
 
-@stage_task("retrieval", "patterns", "prompts", task_run_name="retrieve-knowledge-k{cfg.k}")
+@stage_task("student.retrieval", "knowledge.patterns", "evaluation.baselines", "data.prompts",
+            task_run_name="retrieve-knowledge-k{cfg.k}")
 def retrieve_knowledge(all_sessions: ArtifactRef, embeddings: ArtifactRef, index: ArtifactRef,
                        knowledge: dict[str, ArtifactRef], cfg: RetrievalConfig) -> ArtifactRef:
     pool = {name: read_artifact(ref) for name, ref in knowledge.items()}
@@ -45,11 +47,11 @@ def retrieve_knowledge(all_sessions: ArtifactRef, embeddings: ArtifactRef, index
     return write_artifact(retrieval.retrieve_knowledge(*frames, pool, cfg), "retrieved")
 
 
-@stage_task("student", "icl", "prompts", task_run_name="train-adapter")
+@stage_task("student.training", "student.model", "student.icl", "data.prompts", task_run_name="train-adapter")
 def train_adapter(all_sessions: ArtifactRef, retrieved: ArtifactRef | None, thoughts: ArtifactRef | None,
                   model: StudentConfig, cfg: SFTConfig) -> ArtifactRef:
     with tempfile.TemporaryDirectory(prefix="kd-adapter-") as tmp:
-        result = student.train_adapter(read_artifact(all_sessions), read_artifact(retrieved) if retrieved else None,
+        result = training.train_adapter(read_artifact(all_sessions), read_artifact(retrieved) if retrieved else None,
                                        read_artifact(thoughts) if thoughts else None, model, cfg, Path(tmp) / "adapter")
         log.info("adapter trained: %d steps, %.0f tokens/s, loss %s", result.steps, result.tokens_per_second, result.losses[-1:])
         ref = write_directory(result.adapter_dir, "adapter")
@@ -64,7 +66,8 @@ def train_adapter(all_sessions: ArtifactRef, retrieved: ArtifactRef | None, thou
     return ref
 
 
-@stage_task("generate", "student", "icl", "parsing", "prompts", "predictions", task_run_name="student-predict")
+@stage_task("student.generate", "student.model", "student.icl", "student.grammar", "data.parsing", "data.prompts",
+            "evaluation.predictions", task_run_name="student-predict")
 def student_predict(all_sessions: ArtifactRef, retrieved: ArtifactRef | None, adapter: ArtifactRef | None,
                     model: StudentConfig, icl: ICLConfig, split: str = "test") -> ArtifactRef:
     predictions = generate.predict_sessions(read_artifact(all_sessions), read_artifact(retrieved) if retrieved else None,

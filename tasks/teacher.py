@@ -1,4 +1,5 @@
-"""Teacher stages: rules, thoughts and the teacher baseline, cached on content.
+"""How a teacher stage talks to the teacher: the shared client context and cache-key modules of the stages that call
+it (rules and thoughts in tasks/knowledge.py, the teacher baseline in tasks/evaluation.py), cached on content.
 
 A task's cache key is the sessions' content hash, the domain, the stage config (prompt version included), the
 TeacherConfig (model + generation settings), and the source of the library modules it calls. The endpoint URL and
@@ -16,71 +17,17 @@ from __future__ import annotations
 import contextlib
 from typing import Callable, Iterator
 
-from pydantic import BaseModel
-
-from kd_bundle import rules, teacher_baseline, thoughts
 from kd_bundle.models import SMOLLM2
-from kd_bundle.sessions import split_of
-from kd_bundle.store import ArtifactRef, read_artifact, write_artifact
 from kd_bundle.teacher import Progress, TeacherClient, TeacherConfig
-from kd_bundle.teacher_server import EmbeddedTeacher
-from tasks.common import teacher_task
+from kd_bundle.teacher.server import EmbeddedTeacher
 
-_LIBRARY = ("teacher", "teacher_config", "teacher_client", "teacher_reply", "teacher_pool", "teacher_progress",
-            "request_cache", "answer_schema", "parsing", "prompts")
-_NO_TASK_RETRIES = {"retries": 0, "retry_delay_seconds": 0}  # replaces teacher_task's; see the module docstring
-
-
-class RuleArtifacts(BaseModel, frozen=True):
-    session_rules: ArtifactRef  # rules.SESSION_RULE_COLUMNS, with conversations
-    rules: ArtifactRef  # rules.RULE_COLUMNS, consolidated per domain
-    usage: ArtifactRef  # teacher.USAGE_COLUMNS, one row per request
-
-
-class ThoughtArtifacts(BaseModel, frozen=True):
-    thoughts: ArtifactRef
-    usage: ArtifactRef
-
-
-class TeacherPredictions(BaseModel, frozen=True):
-    predictions: ArtifactRef  # predictions.PREDICTION_COLUMNS
-    usage: ArtifactRef
-    tokens: int  # prompt + completion tokens behind these predictions (results.RESULT_SCHEMA teacher_tokens)
-
-
-@teacher_task(*_LIBRARY, "rules", "reflection", task_run_name="distill-rules-{domain}", **_NO_TASK_RETRIES)
-def distill_rules(sessions: ArtifactRef, domain: str, cfg: rules.RuleConfig, teacher: TeacherConfig) -> RuleArtifacts:
-    with _teacher(teacher, f"rules-{domain}") as client:
-        session_rules, consolidated = rules.distill_rules(read_artifact(sessions), domain, cfg, client)
-        usage = write_artifact(client.usage_frame(), "teacher_usage")
-    return RuleArtifacts(session_rules=write_artifact(session_rules, "session_rules"),
-                         rules=write_artifact(consolidated, "rules"), usage=usage)
-
-
-@teacher_task(*_LIBRARY, "thoughts", "retrieval", task_run_name="distill-thoughts-{domain}", **_NO_TASK_RETRIES)
-def distill_thoughts(sessions: ArtifactRef, domain: str, cfg: thoughts.ThoughtConfig, teacher: TeacherConfig) -> ThoughtArtifacts:
-    with _teacher(teacher, f"thoughts-{domain}") as client:
-        frame = thoughts.distill_thoughts(read_artifact(sessions), domain, cfg, client)
-        usage = write_artifact(client.usage_frame(), "teacher_usage")
-    return ThoughtArtifacts(thoughts=write_artifact(frame, "thoughts"), usage=usage)
-
-
-@teacher_task(*_LIBRARY, "teacher_baseline", "predictions", "sessions", task_run_name="teacher-predict-{split}",
-              **_NO_TASK_RETRIES)
-def teacher_predict(sessions: ArtifactRef, cfg: teacher_baseline.TeacherPredictConfig, teacher: TeacherConfig,
-                    knowledge: ArtifactRef | None = None, split: str = "test") -> TeacherPredictions:
-    """`knowledge`: retrieval's RETRIEVED_COLUMNS (or session_id + knowledge), already narrowed to the formats wanted."""
-    target = split_of(read_artifact(sessions), split)
-    with _teacher(teacher, f"predict-{split}") as client:
-        frame = teacher_baseline.predict_bundles(target, cfg, client, read_artifact(knowledge) if knowledge else None)
-        usage = client.usage_frame()
-    tokens = int(usage["prompt_tokens"].sum() + usage["completion_tokens"].sum()) if usage.height else 0
-    return TeacherPredictions(predictions=write_artifact(frame, "predictions"),
-                              usage=write_artifact(usage, "teacher_usage"), tokens=tokens)
+TEACHER_LIBRARY = ("teacher", "teacher.config", "teacher.client", "teacher.reply", "teacher.pool", "teacher.progress",
+                   "teacher.request_cache", "teacher.answer_schema", "data.parsing", "data.prompts")
+NO_TASK_RETRIES = {"retries": 0, "retry_delay_seconds": 0}  # replaces teacher_task's; see the module docstring
 
 
 @contextlib.contextmanager
-def _teacher(cfg: TeacherConfig, key: str) -> Iterator[TeacherClient]:
+def teacher_client(cfg: TeacherConfig, key: str) -> Iterator[TeacherClient]:
     """The client (endpoint and key from the environment), the embedded server if needed, a progress artifact."""
     embedded = cfg.model == SMOLLM2
     server = EmbeddedTeacher(cfg.model) if embedded else contextlib.nullcontext()

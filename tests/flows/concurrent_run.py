@@ -16,8 +16,8 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from kd_bundle.config import DataConfig, PatternConfig, settings
-from tasks.patterns import mine_patterns
-from tasks.sessions import load_sessions
+from tasks.data import load_sessions
+from tasks.knowledge import mine_patterns
 
 
 def _meet(barrier: Path, name: str, timeout: float = 120) -> None:

@@ -12,8 +12,9 @@ from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, PREFECT_RESULTS_
 from prefect.testing.utilities import prefect_test_harness
 
 from flows.cells import PipelineConfig
-from kd_bundle.retrieval import RetrievalConfig
-from kd_bundle.student import SMOKE, StudentConfig
+from kd_bundle.student.model import StudentConfig
+from kd_bundle.student.retrieval import RetrievalConfig
+from kd_bundle.student.training import SMOKE
 from kd_bundle.teacher import TeacherConfig
 from tests.kd_bundle.openai_stub import StubOpenAI, bundle_teacher
 from tests.kd_bundle.tiny_student import build_tiny_student

@@ -13,9 +13,10 @@ from flows.cells import PipelineConfig
 from flows.params import deep_merge, merged_over
 from kd_bundle.config import BaselineConfig, DataConfig, PatternConfig
 from kd_bundle.grid import GridConfig, RQ1Grid
-from kd_bundle.rules import RuleConfig
-from kd_bundle.student import SFTConfig, StudentConfig
-from kd_bundle.teacher_config import TeacherConfig
+from kd_bundle.knowledge.rules import RuleConfig
+from kd_bundle.student.model import StudentConfig
+from kd_bundle.student.training import SFTConfig
+from kd_bundle.teacher.config import TeacherConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOYMENTS = {d["name"] + ":" + d["entrypoint"]: d for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]}

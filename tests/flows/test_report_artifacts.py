@@ -10,8 +10,8 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 from prefect.runtime import flow_run
 
 from kd_bundle.store import write_artifact
-from tasks.reports import plot_key, publish_report
-from tests.kd_bundle.test_report import synthetic_results
+from tasks.report import plot_key, publish_report
+from tests.kd_bundle.report.test_report import synthetic_results
 
 
 @flow

@@ -8,8 +8,8 @@ from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_setti
 
 from flows.research import rq1_knowledge_format
 from flows.scale_out import on_dask
+from kd_bundle.evaluation.results import TIMING_COLUMNS
 from kd_bundle.grid import RQ1Grid
-from kd_bundle.results import TIMING_COLUMNS
 from kd_bundle.store import read_artifact
 
 from .conftest import task_states

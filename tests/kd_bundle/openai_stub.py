@@ -250,7 +250,7 @@ def stub(teacher_env, monkeypatch):
 def electronic_sessions():
     """Real sessions of the electronic domain: 4 training, 3 test."""
     from kd_bundle.config import DataConfig, settings
-    from kd_bundle.sessions import load_sessions
+    from kd_bundle.data.sessions import load_sessions
 
     root = settings().data_root
     if not (root / "electronic" / "aicl").exists():

@@ -8,6 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from kd_bundle.config import DOMAINS
+from kd_bundle.evaluation.results import RESULT_SCHEMA, result_row
 from kd_bundle.grid import (
     DEFAULT_RATIOS,
     MULTI_DOMAIN,
@@ -23,7 +24,6 @@ from kd_bundle.grid import (
     expand,
     knowledge_keys,
 )
-from kd_bundle.results import RESULT_SCHEMA, result_row
 
 
 def test_default_ratios_are_point_one_to_one():

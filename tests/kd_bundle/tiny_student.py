@@ -6,7 +6,7 @@ from pathlib import Path
 
 import polars as pl
 
-from kd_bundle.prompts import BUNDLE_DEFINITION, DETECT_INSTRUCTION, DETECT_WITH_KNOWLEDGE, format_bundles
+from kd_bundle.data.prompts import BUNDLE_DEFINITION, DETECT_INSTRUCTION, DETECT_WITH_KNOWLEDGE, format_bundles
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n{% endfor %}"

@@ -1,0 +1,144 @@
+"""One tidy results row per scored grid cell: every table and plot is built from these rows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+from pydantic import BaseModel
+
+RESULT_SCHEMA: dict[str, pl.DataType] = {
+    "domain": pl.String,
+    "rq": pl.String,  # "baseline", "rq1", "rq2", "rq3"
+    "method": pl.String,  # "pattern-baseline", "category-baseline", "teacher", "student"
+    "knowledge_format": pl.String,  # "none", "raw", "patterns", "rules", "thoughts", or "+"-joined for aggregation
+    "strategy": pl.String,  # sampling strategy: "all", "random", "length", "diversity", "difficulty"
+    "ratio": pl.Float64,  # sampling ratio of the training knowledge pool
+    "utilization": pl.String,  # "none", "icl", "sft", "sft+icl"
+    "model": pl.String,
+    "precision": pl.Float64,
+    "recall": pl.Float64,
+    "coverage": pl.Float64,
+    "strict_precision": pl.Float64,
+    "strict_recall": pl.Float64,
+    "strict_coverage": pl.Float64,
+    "n_sessions": pl.Int64,
+    "n_scored": pl.Int64,
+    "n_failed": pl.Int64,
+    "teacher_tokens": pl.Int64,  # teacher inference: prompt + completion tokens behind this row's predictions
+    "wall_seconds": pl.Float64,  # inference seconds behind the predictions (student generation or teacher latency)
+    "predictions_sha256": pl.String,
+    # costs; null = not measured (baselines, artifacts older than the measurement)
+    "inference_prompt_tokens": pl.Int64,  # summed over sessions
+    "inference_new_tokens": pl.Int64,
+    "train_seconds": pl.Float64,  # of the adapter the row used; 0 for ICL and the teacher
+    "train_tokens": pl.Int64,
+    "teacher_cost": pl.Float64,  # money of the teacher's inference, where a price is configured
+    "extraction_tokens": pl.Int64,  # teacher tokens that produced the knowledge the row used (rules, thoughts)
+    "extraction_cost": pl.Float64,
+    "extraction_seconds": pl.Float64,  # summed request latency
+    # knowledge quantity in the pool the row used (0 where the format is absent)
+    "train_sessions": pl.Int64,  # training sessions the knowledge (or adapter) came from
+    "pattern_lines": pl.Int64,
+    "rule_count": pl.Int64,  # rule lines over the sessions' rule sets
+    "thought_count": pl.Int64,
+    "knowledge_tokens": pl.Int64,  # word-and-punctuation tokens of every knowledge text (model-independent)
+    "knowledge_failed": pl.Int64,  # training sessions whose extraction failed
+    "knowledge_truncated": pl.Int64,  # teacher answers cut off at max_tokens
+    "feedback_rounds": pl.Int64,  # rule self-reflection feedback turns used
+    "sampling_seed": pl.Int64,
+    "training_seed": pl.Int64,
+    # one entry per session scored against, in session_ids order (kd_bundle.evaluation.metrics.session_lists)
+    "session_ids": pl.List(pl.Int64),
+    "session_scored": pl.List(pl.Boolean),  # in AICL's evaluated set S
+    "session_precision": pl.List(pl.Float64),  # 0 unless scored
+    "session_recall": pl.List(pl.Float64),  # AICL recall, 0 unless scored
+    "session_hits": pl.List(pl.Int64),
+    "session_coverage_sum": pl.List(pl.Float64),
+    "session_strict_recall": pl.List(pl.Float64),
+    "session_strict_coverage": pl.List(pl.Float64),
+}
+TIMING_COLUMNS = ["wall_seconds", "train_seconds", "extraction_seconds"]  # clocks: differ between equal runs
+COST_COLUMNS = ["inference_prompt_tokens", "inference_new_tokens", "train_seconds", "train_tokens", "teacher_cost",
+                "extraction_tokens", "extraction_cost", "extraction_seconds"]
+QUANTITY_COLUMNS = ["train_sessions", "pattern_lines", "rule_count", "thought_count", "knowledge_tokens",
+                    "knowledge_failed", "knowledge_truncated", "feedback_rounds"]
+SESSION_COLUMNS = ["session_ids", "session_scored", "session_precision", "session_recall", "session_hits",
+                   "session_coverage_sum", "session_strict_recall", "session_strict_coverage"]
+OPTIONAL_COLUMNS = COST_COLUMNS + QUANTITY_COLUMNS + ["sampling_seed", "training_seed"] + SESSION_COLUMNS
+METRIC_COLUMNS = ["precision", "recall", "coverage", "strict_precision", "strict_recall", "strict_coverage"]
+# the labels that make one configuration: rows equal on these are repeats of it (seeds, reruns)
+CONFIG_COLUMNS = ["domain", "rq", "method", "model", "knowledge_format", "strategy", "ratio", "utilization"]
+
+_DEFAULTS: dict[str, Any] = {
+    "knowledge_format": "none",
+    "strategy": "all",
+    "ratio": 1.0,
+    "utilization": "none",
+    "model": "",
+    "teacher_tokens": 0,
+    "wall_seconds": None,  # not measured (0 would read as free)
+    "predictions_sha256": "",
+    **{c: None for c in OPTIONAL_COLUMNS},
+}
+
+
+def result_row(**fields: Any) -> pl.DataFrame:
+    """A one-row results frame; unknown keys are an error, missing optional keys take _DEFAULTS."""
+    unknown = set(fields) - set(RESULT_SCHEMA)
+    if unknown:
+        raise ValueError(f"result_row: unknown field(s) {sorted(unknown)}; expected {list(RESULT_SCHEMA)}")
+    row = {**_DEFAULTS, **fields}
+    missing = [c for c in RESULT_SCHEMA if c not in row]
+    if missing:
+        raise ValueError(f"result_row: missing field(s) {missing}")
+    return pl.DataFrame([row], schema=RESULT_SCHEMA)
+
+
+def combine_results(frames: list[pl.DataFrame]) -> pl.DataFrame:
+    if not frames:
+        return pl.DataFrame(schema=RESULT_SCHEMA)
+    return pl.concat([f.select(list(RESULT_SCHEMA)) for f in frames], how="vertical")
+
+
+class CellLabels(BaseModel, frozen=True):
+    """What a results row is about (everything but the scores)."""
+
+    domain: str
+    rq: str = "baseline"
+    method: str
+    knowledge_format: str = "none"
+    strategy: str = "all"
+    ratio: float = 1.0
+    utilization: str = "none"
+    model: str = ""
+    teacher_tokens: int = 0
+    sampling_seed: int | None = None
+    training_seed: int | None = None
+
+
+def scored_row(labels: CellLabels, scores: dict[str, Any], predictions_sha256: str = "",
+               extra: dict[str, Any] | None = None) -> pl.DataFrame:
+    """A results row from labels, a metrics dict (extra metric keys are ignored) and `extra` columns (costs,
+    quantities, per-session lists); an `extra` key outside RESULT_SCHEMA is an error."""
+    metrics = {k: v for k, v in scores.items() if k in RESULT_SCHEMA}
+    return result_row(**labels.model_dump(), **metrics, **(extra or {}), predictions_sha256=predictions_sha256)
+
+
+def conform(results: pl.DataFrame) -> pl.DataFrame:
+    """A results table written before the optional columns existed, given them as nulls (cost and session
+    columns unknown), so every analysis reads any results Parquet; other columns are kept as they are."""
+    missing = [pl.lit(None, dtype=RESULT_SCHEMA[c]).alias(c) for c in OPTIONAL_COLUMNS if c not in results.columns]
+    return results.with_columns(missing) if missing else results
+
+
+def markdown_table(results: pl.DataFrame, digits: int = 3) -> str:
+    """The results rows as a markdown table: labels that vary, then the metrics and session counts."""
+    labels = [c for c in ("domain", "rq", "method", "knowledge_format", "strategy", "ratio", "utilization", "model")
+              if c in ("domain", "method") or results[c].n_unique() > 1]
+    columns = labels + METRIC_COLUMNS + ["n_scored", "n_sessions"]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in results.select(columns).iter_rows(named=True):
+        cells = [f"{v:.{digits}f}" if isinstance(v, float) else str(v) for v in row.values()]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,181 @@
+"""Student loading errors, length bucketing, QLoRA/LoRA training on a tiny random Llama; one slow real-SmolLM2 run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+
+import polars as pl
+import pytest
+
+from kd_bundle.store import write_directory
+from kd_bundle.student.icl import ICLConfig, build_sft_examples
+from kd_bundle.student.model import StudentConfig, StudentModelError, load_student, load_tokenizer
+from kd_bundle.student.training import SMOKE, bucket_batches, train_student
+from tests.kd_bundle.tiny_student import build_tiny_student, tiny_sessions
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in these tests may reach a hub
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return build_tiny_student(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def examples(tiny) -> pl.DataFrame:
+    tokenizer = load_tokenizer(StudentConfig(model=str(tiny)))
+    return build_sft_examples(tiny_sessions(), None, None, tokenizer, ICLConfig(formats=()), 1024)
+
+
+def test_missing_model_weightless_folder_and_absent_chat_template_are_clear_errors(tiny, tmp_path):
+    with pytest.raises(StudentModelError, match="neither a local folder nor in the local Hugging Face cache"):
+        load_tokenizer(StudentConfig(model="nobody/no-such-model"))
+    weightless = tmp_path / "weightless"
+    weightless.mkdir()
+    shutil.copy(tiny / "config.json", weightless / "config.json")
+    with pytest.raises(StudentModelError, match="no weights"):
+        load_student(StudentConfig(model=str(weightless)))
+    untemplated = tmp_path / "untemplated"
+    shutil.copytree(tiny, untemplated)
+    (untemplated / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((untemplated / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (untemplated / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.raises(StudentModelError, match="no chat template"):
+        load_tokenizer(StudentConfig(model=str(untemplated)))
+
+
+def test_buckets_cover_every_example_once_within_the_budget():
+    lengths = [150 + (i * 37) % 400 for i in range(300)] + [2000]  # SFT prompts: a few hundred tokens, one outlier
+    batches = bucket_batches(lengths, batch_tokens=4096, max_batch_size=16)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for batch in batches:
+        assert len(batch) <= 16
+        assert len(batch) == 1 or len(batch) * max(lengths[i] for i in batch) <= 4096
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    assert padded - sum(lengths) < 0.05 * sum(lengths)  # similar lengths share a batch: under 5% padding
+
+
+def test_qlora_trains_in_4bit_on_cpu_and_saves_a_content_addressed_adapter(tiny, examples, tmp_path):
+    student = StudentConfig(model=str(tiny))
+    result = train_student(examples, student, SMOKE, tmp_path / "adapter")
+    assert result.quantized and result.steps == 2 and all(loss > 0 for loss in result.losses)
+    assert result.train_tokens <= result.padded_tokens and result.tokens_per_second > 0
+    files = {p.name for p in result.adapter_dir.iterdir()}
+    assert {"adapter_model.safetensors", "adapter_config.json", "sft_config.json", "student_config.json"} <= files
+    adapter_config = json.loads((result.adapter_dir / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == str(tiny) and adapter_config["r"] == SMOKE.lora_r
+    ref = write_directory(result.adapter_dir, "adapter", root=tmp_path / "store")
+    assert ref.kind == "adapter" and (ref.path(tmp_path / "store") / "adapter_model.safetensors").exists()
+    model, _ = load_student(student, ref.path(tmp_path / "store"))
+    assert not any("lora" in name for name, _ in model.named_parameters())  # merged into the base
+
+
+def test_plain_lora_is_deterministic_and_learns(tiny, examples, tmp_path):
+    cfg = SMOKE.model_copy(update={"quantization": "none", "max_steps": 6, "learning_rate": 3e-3})
+    student = StudentConfig(model=str(tiny))
+    first = train_student(examples, student, cfg, tmp_path / "a")
+    second = train_student(examples, student, cfg, tmp_path / "b")
+    assert not first.quantized and first.losses == second.losses
+    assert write_directory(first.adapter_dir, "adapter", tmp_path / "s") == write_directory(
+        second.adapter_dir, "adapter", tmp_path / "s")  # same data and settings: same adapter hash
+    assert min(first.losses[-2:]) < first.losses[0]
+
+
+def test_a_failed_4bit_load_falls_back_to_lora_with_a_warning(tiny, examples, tmp_path, monkeypatch, caplog):
+    import transformers
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no bitsandbytes backend for this device")
+
+    monkeypatch.setattr(transformers, "BitsAndBytesConfig", broken)
+    with caplog.at_level(logging.WARNING, logger="kd_bundle.student"):
+        result = train_student(examples, StudentConfig(model=str(tiny)), SMOKE, tmp_path / "adapter")
+    assert not result.quantized and "using plain LoRA" in caplog.text
+
+
+def test_training_needs_examples(tiny, tmp_path):
+    with pytest.raises(ValueError, match="non-empty frame"):
+        train_student(pl.DataFrame({"session_id": [], "prompt": [], "completion": []}),
+                      StudentConfig(model=str(tiny)), SMOKE, tmp_path)
+
+
+@pytest.mark.slow
+def test_real_smollm2_icl_sft_and_sft_icl_on_real_sessions_are_scored(tmp_path):
+    """The shipped SmolLM2-135M-Instruct on 30 real training and 3 test sessions: ICL, 2 QLoRA steps, SFT+ICL."""
+    from kd_bundle.config import DataConfig, settings
+    from kd_bundle.data.sessions import load_sessions
+    from kd_bundle.evaluation.metrics import score_predictions
+    from kd_bundle.student.generate import predict_sessions
+    from kd_bundle.student.retrieval import RetrievalConfig, build_index, embed_sessions, retrieve_knowledge
+    from kd_bundle.student.training import train_adapter
+
+    data = DataConfig(domain="electronic", max_train_sessions=30, max_test_sessions=3)
+    sessions = load_sessions(data, settings().data_root).filter(pl.col("split") != "valid")
+    test = sessions.filter(pl.col("split") == "test")
+    cfg = RetrievalConfig(method="tfidf", k=2)
+    embeddings = embed_sessions(sessions, cfg)
+    retrieved = retrieve_knowledge(sessions, embeddings, build_index(embeddings, sessions), {"raw": sessions}, cfg)
+    student = StudentConfig(max_new_tokens=64, batch_size=3)
+    icl = ICLConfig(formats=("raw",), demonstrations=1)
+
+    icl_scores = score_predictions(predict_sessions(sessions, retrieved, student, icl), test)
+    sft = SMOKE.model_copy(update={"batch_tokens": 512, "lora_r": 8, "lora_alpha": 16})
+    result = train_adapter(sessions, retrieved, None, student, sft, tmp_path / "adapter")
+    both_scores = score_predictions(predict_sessions(sessions, retrieved, student, icl, result.adapter_dir), test)
+
+    assert result.quantized and result.steps == 2 and result.examples == 30
+    assert 0 < result.losses[0] < 5  # a pretrained instruct model: far below ln(49152) = 10.8
+    for scores in (icl_scores, both_scores):
+        assert scores["n_sessions"] == 3 and scores["n_scored"] + scores["n_failed"] == 3
+        assert 0 <= scores["strict_precision"] <= 1
+
+
+def test_completion_only_logits_give_the_models_own_loss(tiny):
+    import torch
+
+    from kd_bundle.student.model import load_student
+    from kd_bundle.student.training import _collate, completion_loss
+
+    model, _ = load_student(StudentConfig(model=str(tiny)))
+    rows = [([5, 6, 7, 8, 9, 10], [-100, -100, -100, -100, 9, 10]), ([11, 12, 13], [-100, 12, 13])]
+    inputs = _collate(rows, pad_id=0, device="cpu")
+    with torch.no_grad():
+        ours = completion_loss(model, inputs)
+        full = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                     position_ids=inputs["position_ids"], labels=inputs["labels"]).loss
+        alone = model(input_ids=torch.tensor([[11, 12, 13]]), labels=torch.tensor([[-100, 12, 13]])).logits
+        padded = model(**{k: v for k, v in inputs.items() if k != "labels"}).logits
+    assert torch.allclose(ours, full, atol=1e-5)
+    assert torch.allclose(padded[1, -3:], alone[0], atol=1e-4)  # left padding with position ids changes nothing
+
+
+def test_auto_dtype_is_bf16_where_the_cpu_has_a_bf16_path_and_fp32_for_cpu_training(tiny, caplog):
+    import torch
+
+    from kd_bundle.student.model import cpu_bf16, resolve_dtype
+
+    fast, why = cpu_bf16()
+    assert resolve_dtype("auto", "cpu") == ((torch.bfloat16 if fast else torch.float32), why)
+    assert resolve_dtype("auto", "cpu", training=True)[0] == torch.float32
+    assert resolve_dtype("auto", "cuda")[0] == torch.bfloat16
+    assert resolve_dtype("float16", "cpu")[0] == torch.float16
+    with caplog.at_level(logging.INFO, logger="kd_bundle.student"):
+        model, _ = load_student(StudentConfig(model=str(tiny)))
+    assert next(model.parameters()).dtype == resolve_dtype("auto", "cpu")[0]
+    assert f"in {str(resolve_dtype('auto', 'cpu')[0]).removeprefix('torch.')} ({why})" in caplog.text
+
+
+def test_an_adapter_trained_in_fp32_applies_to_the_auto_dtype_inference_base(tiny, examples, tmp_path):
+    from kd_bundle.student.generate import generate_texts
+
+    result = train_student(examples, StudentConfig(model=str(tiny)), SMOKE, tmp_path / "adapter")
+    cfg = StudentConfig(model=str(tiny), max_new_tokens=64)
+    model, tokenizer = load_student(cfg, result.adapter_dir)
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "phone case"}], tokenize=False,
+                                           add_generation_prompt=True)
+    [text] = generate_texts(model, tokenizer, [prompt], cfg, n_items=[3])
+    assert text.startswith("Bundles: {'bundle1': [")
