@@ -101,8 +101,8 @@ def summarise_scores(per_session: pl.DataFrame) -> dict[str, float | int]:
 
 
 def session_lists(per_session: pl.DataFrame) -> dict[str, list]:
-    """The per-session values a results row keeps (kd_bundle.evaluation.results SESSION_COLUMNS), so that intervals can be
-    bootstrapped from a results table alone: every metric of SCORE_KEYS is recomputable from these lists."""
+    """The per-session values a results row keeps (kd_bundle.evaluation.results SESSION_COLUMNS), so that intervals
+    can be bootstrapped from a results table alone: every metric of SCORE_KEYS is recomputable from these lists."""
     return {
         "session_ids": per_session["session_id"].to_list(),
         "session_scored": (per_session["status"] == "scored").to_list(),

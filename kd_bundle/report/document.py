@@ -86,7 +86,8 @@ def read_results(path: Path) -> pl.DataFrame:
 def cli(argv: list[str] | None = None) -> int:
     """`python -m kd_bundle report --results FILE [--out DIR] [--aicl] [--boot N]`."""
     parser = argparse.ArgumentParser(prog="python -m kd_bundle report", description=__doc__.splitlines()[0])
-    parser.add_argument("--results", type=Path, required=True, help="results Parquet (kd_bundle.evaluation.results schema)")
+    parser.add_argument("--results", type=Path, required=True,
+                        help="results Parquet (kd_bundle.evaluation.results schema)")
     parser.add_argument("--out", type=Path, help="write report.md and the PNG plots into this folder")
     parser.add_argument("--aicl", action="store_true", help="main metrics AICL's (failed sessions left out)")
     parser.add_argument("--strict", action="store_true", help="strict main metrics (the default; kept for scripts)")

@@ -33,7 +33,8 @@ class StudentConfig(BaseModel, frozen=True, extra="forbid"):
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 = greedy decoding, the default for scoring.")
     load_in_4bit: bool = Field(False, description="NF4 base at inference; an adapter trained in 4-bit also applies to a bf16 base.")
     decoding: Literal["grammar", "free"] = Field(
-        "grammar", description="grammar = only parsable answers over the session's products (kd_bundle.student.grammar); free = unconstrained."
+        "grammar", description="grammar = only parsable answers over the session's products (kd_bundle.student.grammar); "
+        "free = unconstrained."
     )
     max_bundles: int = Field(3, ge=1, le=10, description="Grammar: bundles per answer at most (3 covers 97% of sessions).")
     intents: bool = Field(False, description="Grammar: each bundle as {'products': [...], 'intent': '1-5 words'}.")

@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     from llama_cpp.server.cli import add_args_from_model, parse_model_from_args
     from llama_cpp.server.settings import ModelSettings, ServerSettings, Settings
 
-    parser = argparse.ArgumentParser(prog="python -m kd_bundle.teacher.llama_server", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m kd_bundle.teacher.llama_server",
+                                     description=__doc__.split("\n")[0])
     add_args_from_model(parser, Settings)
     args = parser.parse_args(argv)
     server = parse_model_from_args(ServerSettings, args)
