@@ -31,7 +31,7 @@ from kd_bundle.student.training import SFTConfig
 
 # 4 training sessions distilled by the teacher (AICL's loop with one feedback round: ~6 requests each), 60 test
 # sessions. On 2 cores the grammar-held SmolLM2 answers 0.7-1 zero-shot sessions/s and ~0.3 ICL sessions/s
-# (bench/README.md, idle); the whole job took 13.5 min cold on an idle 2-core machine (README).
+# (bench/README.md, idle); the whole job took 12 min cold on an idle 2-core machine (README).
 DEMO_GRID = RQ1Grid(formats=("raw", "rules"), utilizations=("icl", "sft"))
 # RQ3 on the same two formats: its ICL and SFT cells are RQ1's (shared, cached), SFT+ICL crosses them 2 x 2,
 # because the study found that the alignment of training and prompt knowledge matters.
