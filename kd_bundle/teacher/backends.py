@@ -15,8 +15,9 @@ BACKENDS = ("llama-cpp", "transformers", "echo")  # llama-cpp: the teacher; the 
 # SmolLM2 was trained on 8,192-token contexts; a rule-distillation conversation (session, answer, feedback rounds,
 # final rules) must never be cut below the model's own limit. Its KV cache at this size is ~190 MB.
 N_CTX = 8192
-# in the command line of every server we start (llama_cpp.server: one a user started by hand on our port)
-SERVER_MARKERS = ("kd_bundle.teacher.llama_server", "llama_cpp.server", "llm_katan")
+# in the command line of every server we start (llama_cpp.server: one a user started by hand on our port;
+# kd_bundle.llama_server: one that `teacher-server start` left running from before the stage packages)
+SERVER_MARKERS = ("kd_bundle.teacher.llama_server", "kd_bundle.llama_server", "llama_cpp.server", "llm_katan")
 
 
 class ServerError(RuntimeError):
