@@ -13,7 +13,6 @@ from prefect.runtime import flow_run
 from pydantic import BaseModel
 
 from kd_bundle.config import BaselineConfig, DataConfig, settings
-from kd_bundle.data import sessions
 from kd_bundle.data.sessions import split_of
 from kd_bundle.evaluation import baselines, metrics, results, teacher_baseline
 from kd_bundle.evaluation.predictions import write_predictions_jsonl
@@ -39,7 +38,7 @@ class TeacherPredictions(BaseModel, frozen=True):
 def predict_baseline(all_sessions: ArtifactRef, patterns: ArtifactRef | None, cfg: BaselineConfig,
                      split: str = "test") -> ArtifactRef:
     frame = read_artifact(all_sessions)
-    train, target = sessions.split_of(frame, "train"), sessions.split_of(frame, split)
+    train, target = split_of(frame, "train"), split_of(frame, split)
     target = baselines.infer_categories(target, train, keep_given=cfg.categories == "given")
     predictions = baselines.predict_baseline(target, read_artifact(patterns) if patterns else None, cfg)
     return write_artifact(predictions, "predictions")
@@ -72,7 +71,7 @@ def score_predictions(all_sessions: ArtifactRef, predictions: ArtifactRef, label
     plus "sessions" -> the training sessions behind them (counted only: raw examples are knowledge when "raw" is used);
     `teacher_usage`: the usage frame of teacher inference (teacher rows). Without them the columns stay null.
     """
-    target = sessions.split_of(read_artifact(all_sessions), split)
+    target = split_of(read_artifact(all_sessions), split)
     frame = read_artifact(predictions)
     per_session = metrics.session_scores(frame, target)
     extra = {**metrics.session_lists(per_session), **costs.inference_usage(frame)}
