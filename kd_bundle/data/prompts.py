@@ -6,7 +6,7 @@ only one stage sends (EXPLAIN_ERRORS_INSTRUCTION: rules) bumps that stage's own 
 
 from __future__ import annotations
 
-PROMPT_VERSION = "aicl-v1"
+PROMPT_VERSION = "aicl-v2"  # v2: every answer shown or taught is in canonical form (canonical_positions)
 
 BUNDLE_DEFINITION = (
     "A bundle can be a set of alternative or complementary products that are purchased with a certain intent."
@@ -62,12 +62,19 @@ def format_bundles(positions: list[list[int]]) -> str:
 
 
 def demonstration_text(titles: list[str], positions: list[list[int]], reasoning: str | None = None) -> str:
-    """One worked example: the products, optionally the reasoning, then the answer in AICL's format."""
+    """One worked example: the products, optionally the reasoning (on one line), then the answer in AICL's format."""
     parts = [f"Products: {format_session(titles)}"]
-    if reasoning:
-        parts.append(f"Reasoning: {reasoning.strip()}")
+    if reasoning and one_line(reasoning):
+        parts.append(f"Reasoning: {one_line(reasoning)}")
     parts.append(f"Bundles: {format_bundles(positions)}")
     return "\n".join(parts)
+
+
+def one_line(reasoning: str) -> str:
+    """A thought as the student writes it: one line, whitespace runs (the teacher's "Step 1 / Step 2" line breaks
+    included) collapsed to one space. The reasoning grammar is one line, ended by its newline, so that the answer
+    marker can only follow it; a thought taught or shown with line breaks would be one the student may not write."""
+    return " ".join(reasoning.split())
 
 
 def format_intents(intents: list[str]) -> str:
@@ -75,9 +82,21 @@ def format_intents(intents: list[str]) -> str:
 
 
 def bundle_positions(bundles: list[list[str]], item_ids: list[str]) -> list[list[int]]:
-    """Ground-truth bundles (item ids) as 1-based product numbers of their session."""
+    """Ground-truth bundles (item ids) as 1-based product numbers of their session, in canonical form.
+
+    Every answer the student is trained on or shown (SFT targets, demonstrations, the answer after a thought, the
+    teacher's demonstrations and rule-loop turns) comes from here, so it is always one the student's grammar allows
+    (kd_bundle.student.grammar: strictly increasing product numbers inside a bundle)."""
     index = {item: position for position, item in enumerate(item_ids, start=1)}
-    return [[index[item] for item in bundle] for bundle in bundles]
+    return canonical_positions([[index[item] for item in bundle] for bundle in bundles])
+
+
+def canonical_positions(positions: list[list[int]]) -> list[list[int]]:
+    """Product numbers ascending inside each bundle, bundles ordered by their first product.
+
+    BundleRec lists most bundles' items in descending session order (1,186 of 1,346 Electronic bundles); the metrics
+    treat bundles as sets, so sorting loses nothing and gives each answer one spelling the grammar accepts."""
+    return sorted((sorted(set(bundle)) for bundle in positions), key=lambda bundle: (bundle[0] if bundle else 0, bundle))
 
 
 def _quote(text: str) -> str:

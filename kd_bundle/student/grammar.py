@@ -62,6 +62,34 @@ def answer_grammar(n_items: int, max_bundles: int, intents: bool = False, reason
     return "\n".join(lines) + "\n"
 
 
+def answer_allowed(text: str, n_items: int, max_bundles: int, intents: bool = False, reasoning: bool = False) -> bool:
+    """Whether `text` is a whole answer the grammar admits (character level: any tokenizer spells it somehow).
+    The token cap on reasoning is not part of the grammar; `reasoning_fits` checks it."""
+    import xgrammar as xgr
+
+    matcher = xgr.GrammarMatcher(_character_grammar(n_items, max_bundles, intents, reasoning))
+    return bool(matcher.accept_string(text)) and matcher.is_completed()
+
+
+def reasoning_fits(text: str, tokenizer: Any, reasoning_tokens: int) -> bool:
+    """Whether the reasoning line of `text` (up to its newline) is within the student's cap, in its own tokens."""
+    line = text.split("\n", 1)[0]
+    return len(tokenizer(line, add_special_tokens=False)["input_ids"]) <= reasoning_tokens
+
+
+_CHARACTER_GRAMMARS: dict[tuple[int, int, bool, bool], Any] = {}
+
+
+def _character_grammar(n_items: int, max_bundles: int, intents: bool, reasoning: bool) -> Any:
+    import xgrammar as xgr
+
+    key = (n_items, max_bundles, intents, reasoning)
+    if key not in _CHARACTER_GRAMMARS:
+        compiler = xgr.GrammarCompiler(xgr.TokenizerInfo([]))  # no vocabulary: matched character by character
+        _CHARACTER_GRAMMARS[key] = compiler.compile_grammar(answer_grammar(*key))
+    return _CHARACTER_GRAMMARS[key]
+
+
 @dataclass
 class GrammarBook:
     """One tokenizer's compiler and its compiled answer grammars, keyed by (n, max_bundles, intents, reasoning)."""

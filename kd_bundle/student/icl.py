@@ -23,6 +23,7 @@ from kd_bundle.data.prompts import (
     bundle_positions,
     format_bundles,
     format_session,
+    one_line,
 )
 
 log = logging.getLogger(__name__)
@@ -94,22 +95,41 @@ def build_sft_examples(
     tokenizer: Any,
     cfg: ICLConfig,
     max_length: int,
+    max_bundles: int | None = None,
+    reasoning_tokens: int | None = None,
 ) -> pl.DataFrame:
-    """Training pairs for the train split: knowledge of `cfg.formats` in the prompt, the true bundles as the answer,
-    preceded by the session's own thought when `thoughts` is given (sessions without a thought are skipped).
-    Columns: EXAMPLE_COLUMNS; `completion` ends with the template's end-of-turn text so the model learns to stop."""
+    """Training pairs for the train split: knowledge of `cfg.formats` in the prompt, the true bundles as the answer
+    in canonical form, preceded by the session's own thought (on one line) when `thoughts` is given (sessions without
+    a thought are skipped). Every answer is one the student's grammar lets it write: with `max_bundles` (the
+    grammar's cap) an answer keeps its first `max_bundles` bundles, and with `reasoning_tokens` a thought longer than
+    the student's reasoning cap is left out; both are counted in the log. Columns: EXAMPLE_COLUMNS; `completion`
+    ends with the template's end-of-turn text so the model learns to stop."""
     train = sessions.filter(pl.col("split") == "train")
     reasoning = _thought_texts(thoughts) if thoughts is not None else None
     if reasoning is not None:
         train = train.filter(pl.col("session_id").is_in(list(reasoning)))
     knowledge = knowledge_sections(retrieved, cfg.formats)
-    rows = []
+    rows, capped, too_long = [], 0, 0
     for row in train.iter_rows(named=True):
-        answer = answer_text(bundle_positions(row["bundles"], row["item_ids"]), (reasoning or {}).get(row["session_id"]))
+        positions = bundle_positions(row["bundles"], row["item_ids"])
+        if max_bundles is not None and len(positions) > max_bundles:
+            positions, capped = positions[:max_bundles], capped + 1
+        thought = (reasoning or {}).get(row["session_id"])
+        if thought is not None and reasoning_tokens is not None:
+            if _count(tokenizer, f"{REASONING_MARKER} {one_line(thought)}") > reasoning_tokens:
+                too_long += 1
+                continue
+        answer = answer_text(positions, thought)
         budget = max_length - _count(tokenizer, answer) - 8  # 8: end-of-turn tokens of any template
         sections = knowledge.get(row["session_id"], [])
         fitted = fit_prompt(row["titles"], sections, tokenizer, cfg.demonstrations, cfg.max_lines, budget)
         rows.append((row["session_id"], fitted.prompt, _completion(tokenizer, fitted, answer)))
+    if capped:
+        log.warning("build_sft_examples: %d of %d answers have more than %d bundles (the grammar's cap, "
+                    "StudentConfig.max_bundles); they keep their first %d", capped, train.height, max_bundles, max_bundles)
+    if too_long:
+        log.warning("build_sft_examples: %d of %d thoughts are longer than the student's reasoning cap of %d tokens "
+                    "(StudentConfig.reasoning_tokens) and are left out", too_long, train.height, reasoning_tokens)
     return pl.DataFrame(rows, schema=EXAMPLE_COLUMNS, orient="row")
 
 
@@ -162,7 +182,7 @@ def user_message(titles: list[str], sections: list[tuple[str, bool, list[str]]],
 def answer_text(positions: list[list[int]], reasoning: str | None = None) -> str:
     """The assistant turn the student learns: optional reasoning, then the bundles after ANSWER_MARKER."""
     answer = f"{ANSWER_MARKER} {format_bundles(positions)}"
-    return f"{REASONING_MARKER} {reasoning.strip()}\n{answer}" if reasoning else answer
+    return f"{REASONING_MARKER} {one_line(reasoning)}\n{answer}" if reasoning and one_line(reasoning) else answer
 
 
 def answer_part(text: str) -> str:

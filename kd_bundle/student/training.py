@@ -88,7 +88,8 @@ def train_adapter(
         raise ValueError("train_adapter: SFTConfig.reasoning needs a thoughts frame")
     tokenizer = load_tokenizer(student)
     examples = build_sft_examples(
-        sessions, retrieved, thoughts if cfg.reasoning else None, tokenizer, cfg.knowledge, cfg.max_length
+        sessions, retrieved, thoughts if cfg.reasoning else None, tokenizer, cfg.knowledge, cfg.max_length,
+        max_bundles=student.max_bundles, reasoning_tokens=student.reasoning_tokens,
     )
     return train_student(examples, student, cfg, out_dir)
 
