@@ -1,4 +1,7 @@
-"""Non-LLM baselines on the real domains: load -> mine patterns -> predict -> score -> one results table."""
+"""Non-LLM baselines on the real domains: load -> mine patterns -> predict -> score -> one results table.
+
+The positional references (first two products, last two, the whole session) sit beside them: a score a rule
+reading no title reaches is the floor any knowledge has to clear."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from pydantic import BaseModel, Field
 from flows.prefect_server import guard_temporary_server
 from kd_bundle.cli_errors import run_cli
 from kd_bundle.config import DOMAINS, BaselineConfig, DataConfig, Domain, PatternConfig, settings
+from kd_bundle.evaluation.baselines import BASELINE_METHODS, baseline_label
 from kd_bundle.evaluation.results import CellLabels, markdown_table
 from kd_bundle.store import ArtifactRef, read_artifact
 from tasks.data import load_sessions
@@ -33,10 +37,10 @@ def baselines_flow(run: BaselineRun = BaselineRun()) -> ArtifactRef:
         data = DataConfig(domain=domain, max_train_sessions=run.max_train_sessions, max_test_sessions=run.max_test_sessions)
         all_sessions = load_sessions(data, settings().data_root)
         patterns = mine_patterns(all_sessions, run.patterns)
-        for method in ("pattern", "category"):
-            knowledge = patterns if method == "pattern" else None  # so the category bundler never waits on mining
+        for method in BASELINE_METHODS:
+            knowledge = patterns if method == "pattern" else None  # so the other bundlers never wait on mining
             predictions = predict_baseline(all_sessions, knowledge, BaselineConfig(method=method))
-            labels = CellLabels(domain=domain, method=f"{method}-baseline")
+            labels = CellLabels(domain=domain, method=baseline_label(method))
             rows.append(score_predictions(all_sessions, predictions, labels))
     table = collect_results(rows)
     publish_results(table, "baselines", settings().results_dir)

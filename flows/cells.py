@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from kd_bundle import grid
 from kd_bundle.config import BaselineConfig, DataConfig, PatternConfig, reject_unknown_keys, settings
+from kd_bundle.evaluation.baselines import BASELINE_METHODS, baseline_label
 from kd_bundle.evaluation.results import CellLabels
 from kd_bundle.evaluation.teacher_baseline import TeacherPredictConfig
 from kd_bundle.knowledge.rules import RuleConfig
@@ -216,16 +217,31 @@ class Plan:
         return self.cfg.sft.model_copy(update={
             "knowledge": knowledge.model_copy(update={"formats": inputs}), "reasoning": "thoughts" in formats})
 
+    def test_prompt(self, cell: grid.Cell) -> ICLConfig:
+        """The knowledge of a cell's test prompts. Without an adapter: the cell's prompt formats (ICL). With one:
+        the shape its training prompts had, so that an adapter never meets a prompt it was not trained on: an SFT
+        cell trained with rules or patterns in its prompts is tested with them (retrieved for the test session, as
+        in training), and an SFT+ICL cell (sft_icl_prompts="match") with its training formats and counts. Only
+        sft_icl_prompts="sft", kept for comparison, adds prompt knowledge the adapter never read in training."""
+        prompt_formats = grid.formats_of(cell.prompt_format)
+        if not cell.train_format:
+            return self.cfg.icl.model_copy(update={"formats": prompt_formats})
+        trained = self.sft_config(grid.formats_of(cell.train_format), prompt_formats).knowledge
+        if prompt_formats and self.cfg.sft_icl_prompts == "sft":
+            formats = tuple(dict.fromkeys(trained.formats + prompt_formats))
+            return self.cfg.icl.model_copy(update={"formats": formats})
+        return trained.model_copy(update={"prefill": self.cfg.icl.prefill})
+
     def predictions(self, cell: grid.Cell) -> ArtifactRef:
         """Cells of different RQs with one configuration (RQ2 at ratio 1.0 is RQ1's cell) share their predictions."""
         sources, prompt_formats = cell.source_domains, grid.formats_of(cell.prompt_format)
+        icl = self.test_prompt(cell)
 
         def make() -> ArtifactRef:
-            retrieved = (self.retrieved(cell.domain, sources, prompt_formats, cell.strategy, cell.ratio)
-                         if prompt_formats else None)
+            retrieved = (self.retrieved(cell.domain, sources, icl.formats, cell.strategy, cell.ratio)
+                         if icl.formats else None)
             adapter = (self.adapter(cell.domain, sources, grid.formats_of(cell.train_format), cell.strategy,
                                     cell.ratio, prompt_formats) if cell.train_format else None)
-            icl = self.cfg.icl.model_copy(update={"formats": prompt_formats})
             return student_predict(self.sessions(cell.domain), retrieved, adapter, self.cfg.student, icl)
         key = ("predictions", cell.domain, sources, cell.train_format, cell.prompt_format,
                *full_pool(cell.strategy, cell.ratio))
@@ -249,13 +265,14 @@ class Plan:
                                  knowledge=knowledge, teacher=self.cfg.teacher)
 
     def reference_rows(self, domain: str) -> list[ArtifactRef]:
-        """The rows every table carries: the two non-LLM baselines, the teacher, and the zero-shot student (the same
-        prompt without demonstrations, no adapter), against which distillation's effect is measured."""
+        """The rows every table carries: the two non-LLM baselines, the positional references (no title read), the
+        teacher, and the zero-shot student (the same prompt without demonstrations, no adapter), against which
+        distillation's effect is measured."""
         rows, sessions = [], self.sessions(domain)
-        for method in ("pattern", "category"):
+        for method in BASELINE_METHODS:
             knowledge = self.knowledge(domain, "patterns") if method == "pattern" else None
             predictions = predict_baseline(sessions, knowledge, BaselineConfig(method=method))
-            rows.append(score_predictions(sessions, predictions, CellLabels(domain=domain, method=f"{method}-baseline")))
+            rows.append(score_predictions(sessions, predictions, CellLabels(domain=domain, method=baseline_label(method))))
         for fmt in self.cfg.teacher_rows:
             knowledge = None if fmt == "none" else self.retrieved(domain, (domain,), (fmt,), "all", 1.0)
             answer = resolved(teacher_predict(sessions, self.cfg.teacher_predict, self.cfg.teacher, knowledge))

@@ -88,9 +88,10 @@ class PatternConfig(BaseModel, frozen=True, extra="forbid"):
 
 
 class BaselineConfig(BaseModel, frozen=True, extra="forbid"):
-    """Non-LLM bundlers. `pattern` = SIGIR'22 detection over mined itemsets; `category` = group by leaf category."""
+    """Non-LLM bundlers. `pattern` = SIGIR'22 detection over mined itemsets; `category` = group by leaf category;
+    the positional references read no title: `first-two` / `last-two` products as one bundle, `whole-session`."""
 
-    method: Literal["pattern", "category"] = "pattern"
+    method: Literal["pattern", "category", "first-two", "last-two", "whole-session"] = "pattern"
     categories: Literal["inferred", "given"] = Field(
         "inferred", description="inferred: from titles, leak-free; given: dataset categories, known only for bundled items."
     )

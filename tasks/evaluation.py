@@ -39,7 +39,8 @@ def predict_baseline(all_sessions: ArtifactRef, patterns: ArtifactRef | None, cf
                      split: str = "test") -> ArtifactRef:
     frame = read_artifact(all_sessions)
     train, target = split_of(frame, "train"), split_of(frame, split)
-    target = baselines.infer_categories(target, train, keep_given=cfg.categories == "given")
+    if cfg.method not in baselines.POSITIONAL_METHODS:  # the positional references read no category
+        target = baselines.infer_categories(target, train, keep_given=cfg.categories == "given")
     predictions = baselines.predict_baseline(target, read_artifact(patterns) if patterns else None, cfg)
     return write_artifact(predictions, "predictions")
 

@@ -1,4 +1,8 @@
-"""Non-LLM bundlers: the SIGIR'22 pattern detector and grouping by leaf category.
+"""Non-LLM bundlers: the SIGIR'22 pattern detector, grouping by leaf category, and the positional references.
+
+The positional references (POSITIONAL_METHODS) read no title and call no model: the first two products, the last
+two, or the whole session as one bundle. A score such a rule reaches is a habit of position, not knowledge: the
+grammar-held zero-shot student answers `['product1', 'product2']` in most sessions, so every table carries them.
 
 BundleRec gives categories for bundled items only, so at test time "has a category" leaks "is in a bundle".
 By default (`categories="inferred"`) every test item's category is therefore inferred from its title: the
@@ -61,8 +65,21 @@ def nearest_rows(queries: Any, candidates: Any, chunk: int = 1024) -> np.ndarray
     return np.concatenate(picks) if picks else np.zeros(0, dtype=np.int64)
 
 
+POSITIONAL_METHODS = ("first-two", "last-two", "whole-session")
+BASELINE_METHODS = ("pattern", "category", *POSITIONAL_METHODS)  # the reference rows of every results table
+
+
+def baseline_label(method: str) -> str:
+    """The results table's `method` of a baseline: 'pattern-baseline', 'category-baseline', or the positional
+    reference's own name ('first-two', 'last-two', 'whole-session')."""
+    return method if method in POSITIONAL_METHODS else f"{method}-baseline"
+
+
 def predict_baseline(sessions: pl.DataFrame, patterns: pl.DataFrame | None, cfg: BaselineConfig) -> pl.DataFrame:
-    """Predicted bundles (item ids) per session; `sessions` must already have a category for every item."""
+    """Predicted bundles (item ids) per session; `sessions` must already have a category for every item, except for
+    the positional references, which read the item order alone."""
+    if cfg.method in POSITIONAL_METHODS:
+        return positional_predictions(sessions, cfg.method)
     if cfg.method == "pattern":
         if patterns is None:
             raise ValueError("predict_baseline: the pattern bundler needs mined patterns")
@@ -74,6 +91,19 @@ def predict_baseline(sessions: pl.DataFrame, patterns: pl.DataFrame | None, cfg:
     for row in sessions.select("session_id", "item_ids", "categories").iter_rows(named=True):
         bundles, intents = bundle_fn(row["item_ids"], row["categories"])
         rows.append(dict(session_id=row["session_id"], bundles=bundles, intents=intents, raw=None))
+    return pl.DataFrame(rows, schema=PREDICTION_COLUMNS)
+
+
+def positional_predictions(sessions: pl.DataFrame, method: str) -> pl.DataFrame:
+    """One bundle per session by position alone (POSITIONAL_METHODS); a one-item session gets none."""
+    pick = {"first-two": lambda items: items[:2], "last-two": lambda items: items[-2:],
+            "whole-session": lambda items: items}
+    if method not in pick:
+        raise ValueError(f"positional_predictions: unknown method {method!r}; expected one of {POSITIONAL_METHODS}")
+    rows = []
+    for sid, items in sessions.select("session_id", "item_ids").iter_rows():
+        bundle = pick[method](list(items))
+        rows.append(dict(session_id=sid, bundles=[bundle] if len(bundle) >= 2 else [], intents=None, raw=None))
     return pl.DataFrame(rows, schema=PREDICTION_COLUMNS)
 
 

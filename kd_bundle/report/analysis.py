@@ -1,7 +1,8 @@
 """The study's analyses as pure functions over the results table (kd_bundle.evaluation.results.RESULT_SCHEMA) -> frames.
 
     confidence          every configuration's metrics with 95% bootstrap intervals, and paired verdicts against
-                        the zero-shot student and the zero-shot teacher of its domain (kd_bundle.report.bootstrap)
+                        the zero-shot student, the zero-shot teacher and the best positional reference of its
+                        domain (kd_bundle.report.bootstrap)
     factor_impact       share of the variation explained by knowledge format, quantity and utilization
     knowledge_quantity  what a sampling ratio actually yields (the study's Figure 3)
     alignment_gains     relative gain of SFT+ICL over SFT for every training x prompt format pair (Figure 13)
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from kd_bundle.evaluation.baselines import POSITIONAL_METHODS
 from kd_bundle.evaluation.results import CONFIG_COLUMNS, conform
 from kd_bundle.grid import MULTI_DOMAIN, MULTI_FORMAT, SAMPLING_STRATEGIES
 from kd_bundle.report import bootstrap
@@ -25,26 +27,25 @@ from kd_bundle.report import bootstrap
 FACTORS = ["format", "quantity", "utilization"]
 QUANTITIES = ["train_sessions", "pattern_lines", "rule_count", "thought_count", "knowledge_tokens"]
 STUDENT, TEACHER = "student", "teacher"
+POSITIONAL = set(POSITIONAL_METHODS)
 PER = 1000  # the cost table's unit: this many sessions
 
 
 def confidence(results: pl.DataFrame, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> pl.DataFrame:
     """One row per configuration (seeds pooled): every metric with `_lo`/`_hi`, n_rows, n_scored, n_sessions, and
-    per metric `vs_zero_shot_<m>` / `vs_teacher_<m>`: '+', '-' (paired interval above / below 0), '=' or ''.
+    per metric `vs_zero_shot_<m>` / `vs_teacher_<m>` / `vs_positional_<m>`: '+', '-' (paired interval above / below
+    0), '=' or ''; `positional_<m>` names the positional reference compared with, and `beats_positional` says
+    whether an LLM row is above it ('+') on at least one strict metric (null for the other rows).
 
     The zero-shot student is the domain's row with method "student", knowledge_format and utilization "none"; the
-    teacher is its row with method "teacher" and knowledge_format "none". Rows without per-session values get the
-    mean of their metrics and no interval.
+    teacher is its row with method "teacher" and knowledge_format "none"; the best positional reference of a metric
+    is the domain's positional row (POSITIONAL_METHODS: no title read) with the highest value of that metric. Rows
+    without per-session values get the mean of their metrics and no interval.
     """
     results = _labelled(results)
     groups = bootstrap.pooled_groups(results, CONFIG_COLUMNS)
     arrays = [bootstrap.session_arrays(rows) for _, rows in groups]
-    anchors = {}
-    for (labels, _), arr in zip(groups, arrays):
-        kind = _anchor_kind(labels)
-        if kind and arr is not None:
-            anchors.setdefault((labels["domain"], kind), arr)
-    out = []
+    records = []
     for (labels, rows), arr in zip(groups, arrays):
         record: dict[str, Any] = {**labels, "n_rows": len(rows), "n_scored": sum(r["n_scored"] for r in rows),
                                   "n_sessions": sum(r["n_sessions"] for r in rows)}
@@ -52,14 +53,42 @@ def confidence(results: pl.DataFrame, n_boot: int = 1000, level: float = 0.95, s
             record.update({m: _mean([r[m] for r in rows]) for m in bootstrap.METRIC_NAMES})
         else:
             record.update(bootstrap.interval(arr[1], n_boot, level, seed))
-        for kind in ("zero_shot", "teacher"):
-            anchor = anchors.get((labels["domain"], kind))
-            is_self = _anchor_kind(labels) == kind
-            paired = arr is not None and anchor is not None and not is_self
-            diff = bootstrap.paired_difference(arr, anchor, n_boot, level, seed) if paired else {}
-            record.update({f"vs_{kind}_{m}": bootstrap.verdict(diff, m) for m in bootstrap.METRIC_NAMES})
-        out.append(record)
-    return pl.DataFrame(out, infer_schema_length=None)
+        records.append(record)
+    anchors: dict[tuple[str, str], tuple[str, Any]] = {}  # (domain, kind) -> (label, arrays)
+    for (labels, _), arr in zip(groups, arrays):
+        kind = _anchor_kind(labels)
+        if kind and arr is not None:
+            anchors.setdefault((labels["domain"], kind), (labels["method"], arr))
+    best = _best_positional(groups, arrays, records)
+    for (labels, _), arr, record in zip(groups, arrays, records):
+        for kind in ("zero_shot", "teacher", "positional"):
+            for m in bootstrap.METRIC_NAMES:
+                name, anchor = (best.get((labels["domain"], m)) if kind == "positional"
+                                else anchors.get((labels["domain"], kind))) or (None, None)
+                is_self = _anchor_kind(labels) == kind if kind != "positional" else labels["method"] in POSITIONAL
+                paired = arr is not None and anchor is not None and not is_self
+                diff = bootstrap.paired_difference(arr, anchor, n_boot, level, seed) if paired else {}
+                record[f"vs_{kind}_{m}"] = bootstrap.verdict(diff, m)
+                if kind == "positional":
+                    record[f"positional_{m}"] = name
+        strict = [record[f"vs_positional_strict_{m}"] for m in ("precision", "recall", "coverage")]
+        llm = labels["method"] in (STUDENT, TEACHER)
+        record["beats_positional"] = ("+" in strict) if llm and any(strict) else None
+    return pl.DataFrame(records, infer_schema_length=None)
+
+
+def _best_positional(groups: list, arrays: list, records: list[dict[str, Any]]) -> dict[tuple[str, str], tuple[str, Any]]:
+    """(domain, metric) -> (method, per-session arrays) of the positional reference with the highest value."""
+    best: dict[tuple[str, str], tuple[float, str, Any]] = {}
+    for (labels, _), arr, record in zip(groups, arrays, records):
+        if labels["method"] not in POSITIONAL or arr is None:
+            continue
+        for m in bootstrap.METRIC_NAMES:
+            value = record.get(m)
+            key = (labels["domain"], m)
+            if value is not None and (key not in best or value > best[key][0]):
+                best[key] = (value, labels["method"], arr)
+    return {key: (name, arr) for key, (_, name, arr) in best.items()}
 
 
 def factor_impact(results: pl.DataFrame, metric: str) -> pl.DataFrame:

@@ -112,17 +112,24 @@ def _confidence_section(table: pl.DataFrame, prefix: str, kind: str) -> list[str
     """Every configuration: main metrics as 'value [lo, hi]', n, and paired verdicts vs zero-shot / teacher."""
     if table.height == 0:
         return []
-    header = list(_LABELS.values()) + [f"{kind} {s}" for s in METRICS.values()] + ["n", "vs zero-shot", "vs teacher"]
+    header = list(_LABELS.values()) + [f"{kind} {s}" for s in METRICS.values()] + [
+        "n", "vs zero-shot", "vs teacher", "vs positional"]
     rows = []
     for r in table.iter_rows(named=True):
         nothing = r["n_scored"] == 0
         values = ["- (nothing scored)" if nothing else _interval(r, f"{prefix}{m}") for m in METRICS]
-        verdicts = [" ".join(r[f"vs_{k}_{prefix}{m}"] or "." for m in METRICS) for k in ("zero_shot", "teacher")]
+        verdicts = [" ".join(r.get(f"vs_{k}_{prefix}{m}") or "." for m in METRICS)
+                    for k in ("zero_shot", "teacher", "positional")]
         labels = [_text(r[c], plain=c == "ratio") for c in _LABELS]
+        if r.get("beats_positional") is False:  # an LLM row no better than a rule that reads no title
+            labels[2] += " (no better than position)"
         rows.append(labels + values + [f"{r['n_scored']}/{r['n_sessions']}", *verdicts])
     note = (f"95% percentile-bootstrap intervals over sessions ({kind} metrics); seeds pooled per session. Verdicts "
             "per P R C from a paired bootstrap on the sessions both rows share: '+' above, '-' below, '=' not "
-            "distinguishable, '.' no per-session data or the row itself.")
+            "distinguishable, '.' no per-session data or the row itself. 'vs positional' compares with the best "
+            "positional reference of each metric (first two products, last two, or the whole session as one "
+            "bundle: rules that read no title); an LLM row above it on no strict metric is marked \"no better "
+            "than position\".")
     return ["", "## Confidence: every configuration", "", note, "", *markdown_lines(header, rows)]
 
 

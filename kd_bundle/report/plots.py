@@ -9,6 +9,8 @@ from pathlib import Path
 
 import polars as pl
 
+from kd_bundle.evaluation.baselines import POSITIONAL_METHODS
+from kd_bundle.evaluation.results import CONFIG_COLUMNS as LABEL_COLUMNS
 from kd_bundle.grid import KNOWLEDGE_FORMATS, MULTI_DOMAIN, MULTI_FORMAT, SAMPLING_STRATEGIES, UTILIZATIONS
 from kd_bundle.report import analysis
 from kd_bundle.report.tables import METRICS, STUDENT, configurations, domains_of, format_rank, rank, rq3_frame
@@ -24,10 +26,11 @@ def plot_results(results: pl.DataFrame, out_dir: Path, *, strict: bool = True) -
     import matplotlib
 
     matplotlib.use("Agg")
-    cells = configurations(results, strict)
+    cells = _with_intervals(configurations(results, strict), results, strict)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    refs = cells.filter(pl.col("method") != STUDENT)
+    zero_shot = (pl.col("method") == STUDENT) & (pl.col("knowledge_format") == "none") & (pl.col("utilization") == "none")
+    refs = cells.filter((pl.col("method") != STUDENT) | zero_shot)  # baselines, positional rules, teacher, zero-shot
     students = cells.filter(pl.col("method") == STUDENT)
     written = []
     for domain in domains_of(cells):
@@ -126,8 +129,9 @@ def _plot_rq1(rq1: pl.DataFrame, refs: pl.DataFrame, path: Path, domain: str) ->
     width = 0.8 / len(utilizations)
     for ax, metric in zip(axes, METRICS):
         for i, utilization in enumerate(utilizations):
-            heights = [_value(values.get((f, utilization), {}).get(metric)) for f in formats]
-            ax.bar([x + (i - (len(utilizations) - 1) / 2) * width for x in range(len(formats))], heights, width,
+            rows = [values.get((f, utilization), {}) for f in formats]
+            ax.bar([x + (i - (len(utilizations) - 1) / 2) * width for x in range(len(formats))],
+                   [_value(r.get(metric)) for r in rows], width, yerr=_error_bars(rows, metric), capsize=3,
                    label=utilization, color=_color(utilization))
         ax.set_xticks(range(len(formats)), formats)
         _reference_lines(ax, refs, metric)
@@ -158,7 +162,9 @@ def _plot_rq3(rq3: pl.DataFrame, refs: pl.DataFrame, path: Path, domain: str) ->
     fig, axes = _figure(f"RQ3 ({domain}): utilization (training / prompt knowledge)", width=4.6 * 3, height=height)
     colors = [_color(u) for u in rq3["utilization"].to_list()]
     for ax, metric in zip(axes, METRICS):
-        ax.barh(range(len(labels)), [_value(v) for v in rq3[metric].to_list()], color=colors)
+        rows = list(rq3.iter_rows(named=True))
+        ax.barh(range(len(labels)), [_value(r.get(metric)) for r in rows], xerr=_error_bars(rows, metric), capsize=3,
+                color=colors)
         ax.set_yticks(range(len(labels)), labels if ax is axes[0] else [""] * len(labels), fontsize=8)
         ax.invert_yaxis()
         _reference_lines(ax, refs, metric, vertical=True)
@@ -181,11 +187,46 @@ def _figure(title: str, width: float, height: float = 3.8, panels: list[str] | N
     return fig, list(axes)
 
 
+_STYLES = ["--", ":", "-.", (0, (5, 1)), (0, (1, 3)), (0, (3, 1, 1, 1)), (0, (5, 3))]
+
+
 def _reference_lines(ax, refs: pl.DataFrame, metric: str, vertical: bool = False) -> None:
-    for row, style in zip(refs.iter_rows(named=True), ["--", ":", "-.", (0, (5, 1)), (0, (1, 3))]):
-        if row[metric] is not None:
-            draw = ax.axvline if vertical else ax.axhline
-            draw(row[metric], linestyle=style, color="grey", linewidth=1.2, label=row["label"])
+    """One line per reference row: the zero-shot student in black, the positional rules (no title read) in red,
+    the baselines and the teacher in grey."""
+    for i, row in enumerate(refs.iter_rows(named=True)):
+        if row[metric] is None:
+            continue
+        if row["method"] == STUDENT:
+            color, label = "black", "zero-shot student"
+        else:
+            color, label = ("C3" if row["method"] in POSITIONAL_METHODS else "grey"), row["label"]
+        draw = ax.axvline if vertical else ax.axhline
+        draw(row[metric], linestyle=_STYLES[i % len(_STYLES)], color=color, linewidth=1.2, label=label)
+
+
+def _with_intervals(cells: pl.DataFrame, results: pl.DataFrame, strict: bool) -> pl.DataFrame:
+    """The configurations with `<metric>_lo` / `_hi` of their main metrics (95% bootstrap, analysis.confidence);
+    null where a row has no per-session values."""
+    prefix = "strict_" if strict else ""
+    bounds = analysis.confidence(results, n_boot=400)
+    columns = {f"{prefix}{m}_{side}": f"{m}_{side}" for m in METRICS for side in ("lo", "hi")}
+    present = [c for c in columns if c in bounds.columns]
+    if not present or bounds.height == 0:
+        return cells.with_columns([pl.lit(None, dtype=pl.Float64).alias(v) for v in columns.values()])
+    bounds = bounds.select(*LABEL_COLUMNS, *present).rename({c: columns[c] for c in present})
+    bounds = bounds.with_columns([pl.col(c).cast(cells.schema[c]) for c in LABEL_COLUMNS])
+    return cells.join(bounds, on=LABEL_COLUMNS, how="left", nulls_equal=True)
+
+
+def _error_bars(rows: list[dict], metric: str):
+    """2 x n distances below / above each bar's value (0 where no interval), for matplotlib's yerr / xerr."""
+    lower, upper = [], []
+    for row in rows:
+        value, lo, hi = row.get(metric), row.get(f"{metric}_lo"), row.get(f"{metric}_hi")
+        ok = None not in (value, lo, hi)
+        lower.append(max(value - lo, 0.0) if ok else 0.0)
+        upper.append(max(hi - value, 0.0) if ok else 0.0)
+    return [lower, upper]
 
 
 def _save(fig, axes, path: Path, extra_handles: list | None = None) -> Path:

@@ -15,8 +15,8 @@ from .conftest import task_states
 SMALL = BaselineRun(domains=("food",), max_train_sessions=120, max_test_sessions=27)
 
 
-# per domain: load, mine, 2 x (predict, score); then collect
-N_TASKS = 6 + 1
+# per domain: load, mine, 5 x (predict, score): pattern, category and the three positional references; then collect
+N_TASKS = 12 + 1
 
 
 def _run(run: BaselineRun, expected: int = N_TASKS):
@@ -35,8 +35,10 @@ def test_second_run_recomputes_nothing(isolated_store):
     assert all(s == ["Cached"] for s in second.values()), second
 
     results = read_artifact(table)
-    assert results["method"].to_list() == ["pattern-baseline", "category-baseline"]
-    assert results["n_sessions"].to_list() == [27, 27]
+    assert results["method"].to_list() == ["pattern-baseline", "category-baseline", "first-two", "last-two",
+                                           "whole-session"]
+    assert results["n_sessions"].to_list() == [27] * 5
+    assert results.filter(pl.col("method") == "first-two")["n_scored"].item() == 27, "every session has 2+ products"
     published = pl.read_parquet(isolated_store / "published" / "baselines.parquet")
     assert published.equals(results)
     with get_client(sync_client=True) as client:
@@ -47,7 +49,7 @@ def test_second_run_recomputes_nothing(isolated_store):
 def test_published_predictions_are_what_the_score_cli_reads(isolated_store):
     table, _ = _run(SMALL)
     folder = isolated_store / "published" / "baselines" / "predictions"
-    files = sorted(p.name for p in folder.glob("*.jsonl"))
+    files = sorted(p.name for p in folder.glob("*.jsonl") if "-baseline-" in p.name.removeprefix("food-baseline"))
     assert files == ["food-baseline-category-baseline-none-none-all-1.jsonl",
                      "food-baseline-pattern-baseline-none-none-all-1.jsonl"]
     row = read_artifact(table).filter(pl.col("method") == "pattern-baseline").row(0, named=True)

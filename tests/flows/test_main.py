@@ -15,7 +15,8 @@ def test_rq3_table_has_icl_sft_and_sft_icl_beside_baselines_and_teacher(pipeline
 
     table = read_artifact(cells)
     references = table.filter(pl.col("rq") == "baseline")
-    assert references["method"].to_list() == ["pattern-baseline", "category-baseline", "teacher", "student"]
+    assert references["method"].to_list() == ["pattern-baseline", "category-baseline", "first-two", "last-two",
+                                              "whole-session", "teacher", "student"]
     zero_shot = references.filter(pl.col("method") == "student").row(0, named=True)
     assert (zero_shot["knowledge_format"], zero_shot["utilization"]) == ("none", "none")
     # The grammar holds even a random tiny student to the answer format: every student answer is scored.

@@ -179,3 +179,27 @@ def test_nearest_rows_breaks_ties_by_lowest_row_within_tolerance() -> None:
     queries = csr_matrix(np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]))
     # row 2 is a hair "closer" to [1, 0] than row 1 in exact arithmetic; within tolerance the lower row wins.
     assert nearest_rows(queries, candidates).tolist() == [1, 3, 0]
+
+
+def test_positional_references_read_the_order_alone() -> None:
+    sessions = _sessions([(1, ["a", "b", "c", "d"], [None] * 4), (2, ["x", "y"], [None, None]), (3, ["z"], [None])])
+    first, last, whole = (_bundles(predict_baseline(sessions, None, BaselineConfig(method=m)))
+                          for m in ("first-two", "last-two", "whole-session"))
+    assert first == {1: [["a", "b"]], 2: [["x", "y"]], 3: []}
+    assert last == {1: [["c", "d"]], 2: [["x", "y"]], 3: []}
+    assert whole == {1: [["a", "b", "c", "d"]], 2: [["x", "y"]], 3: []}
+    shuffled = sessions.with_columns(pl.col("titles").list.reverse())
+    assert _bundles(predict_baseline(shuffled, None, BaselineConfig(method="first-two"))) == first  # titles unread
+
+
+def test_first_two_products_beat_the_category_baseline_on_electronic() -> None:
+    """Why every table carries the positional references: a rule that reads no title beats one that does."""
+    from kd_bundle.evaluation.metrics import score_predictions
+
+    frame = load_sessions(DataConfig(domain="electronic"), settings().data_root)
+    train, test = split_of(frame, "train"), split_of(frame, "test")
+    first = score_predictions(predict_baseline(test, None, BaselineConfig(method="first-two")), test)
+    category = score_predictions(predict_baseline(infer_categories(test, train), None,
+                                                  BaselineConfig(method="category")), test)
+    assert first["n_scored"] == test.height
+    assert first["strict_precision"] > category["strict_precision"]

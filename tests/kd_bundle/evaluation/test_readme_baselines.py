@@ -18,11 +18,12 @@ from kd_bundle.knowledge import patterns
 from kd_bundle.config import DOMAINS, BaselineConfig, DataConfig, PatternConfig, settings
 
 README = Path(__file__).resolve().parents[3] / "README.md"
+_METHOD = "(" + "|".join(baselines.baseline_label(m) for m in baselines.BASELINE_METHODS) + ")"
 
 
 def _readme_rows() -> list[str]:
     section = README.read_text().split("## Baselines", 1)[1]
-    return [line for line in section.splitlines() if re.match(r"\| (electronic|clothing|food) \| \w+-baseline \|", line)]
+    return [line for line in section.splitlines() if re.match(rf"\| (electronic|clothing|food) \| {_METHOD} \|", line)]
 
 
 @pytest.mark.slow
@@ -33,12 +34,12 @@ def test_full_split_baselines_match_the_readme_table() -> None:
         train, test = sessions.split_of(frame, "train"), sessions.split_of(frame, "test")
         mined = patterns.mine_patterns(train, PatternConfig())
         target = baselines.infer_categories(test, train)
-        for method in ("pattern", "category"):
+        for method in baselines.BASELINE_METHODS:
             predicted = baselines.predict_baseline(target, mined, BaselineConfig(method=method))
-            labels = results.CellLabels(domain=domain, method=f"{method}-baseline")
+            labels = results.CellLabels(domain=domain, method=baselines.baseline_label(method))
             rows.append(results.scored_row(labels, metrics.score_predictions(predicted, test)))
     computed = [line for line in results.markdown_table(results.combine_results(rows)).splitlines()
-                if re.match(r"\| \w+ \| \w+-baseline \|", line)]
+                if re.match(rf"\| \w+ \| {_METHOD} \|", line)]
     expected = _readme_rows()
-    assert len(expected) == 6
+    assert len(expected) == 3 * len(baselines.BASELINE_METHODS)
     assert computed == expected

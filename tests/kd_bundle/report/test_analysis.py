@@ -146,3 +146,33 @@ def test_cost_table_per_thousand_sessions_and_break_even():
     assert (s["one_off_tokens"], s["one_off_seconds"]) == (10_000, 90.0)
     # 10,000 extraction tokens / 200 teacher tokens saved per session; 90 s / (2 - 0.5) s saved per session
     assert (s["break_even_tokens"], s["break_even_seconds"]) == (50, 60)
+
+
+def test_a_row_that_does_not_beat_the_best_positional_reference_is_marked():
+    rng = np.random.default_rng(5)
+    base = rng.uniform(0, 0.6, size=40)
+
+    def row(method: str, values: np.ndarray, **labels) -> pl.DataFrame:
+        return result_row(domain="food", method=method, **{"rq": "baseline", **labels},
+                          **_scores(float(values.mean()), 40), **_lists(values.tolist()))
+
+    table = analysis.confidence(combine_results([
+        row("first-two", base), row("whole-session", base * 0.5), row("student", base),  # zero-shot: the habit
+        row("student", base + 0.1, rq="rq1", knowledge_format="rules", utilization="icl"),
+        row("student", base - 0.01, rq="rq1", knowledge_format="raw", utilization="icl"),
+    ]), n_boot=400)
+    rows = {(r["method"], r["knowledge_format"]): r for r in table.iter_rows(named=True)}
+    assert rows[("student", "rules")]["positional_strict_precision"] == "first-two", "the best one is the reference"
+    assert rows[("student", "rules")]["vs_positional_strict_precision"] == "+"
+    assert rows[("student", "rules")]["beats_positional"] is True
+    assert rows[("student", "raw")]["vs_positional_strict_precision"] == "-"
+    assert rows[("student", "raw")]["beats_positional"] is False
+    assert rows[("student", "none")]["beats_positional"] is False, "the zero-shot student only repeats position"
+    assert rows[("first-two", "none")]["vs_positional_strict_precision"] == "", "not compared with itself"
+    assert rows[("first-two", "none")]["beats_positional"] is None
+
+    from kd_bundle.report.document import markdown_report
+
+    report = markdown_report(combine_results([row("first-two", base), row(
+        "student", base - 0.01, rq="rq1", knowledge_format="raw", utilization="icl")]), n_boot=200)
+    assert "student (no better than position)" in report

@@ -220,3 +220,32 @@ def test_quantity_plot_per_domain_and_format(tmp_path):
     assert [p.name for p in paths] == ["quantity_food_rules.png"] and paths[0].stat().st_size > 5_000
     assert plot_quantity(quantity.with_columns(pl.lit(None).alias("train_sessions"), pl.lit(None).alias("rule_count"),
                                                pl.lit(None).alias("knowledge_tokens")), tmp_path / "old") == []
+
+
+def test_rq1_plot_draws_positional_and_zero_shot_lines_and_error_bars(tmp_path, monkeypatch):
+    from kd_bundle.report import plots
+
+    def row(method: str, values: list[float], **labels) -> pl.DataFrame:
+        n, mean = len(values), sum(values) / len(values)
+        lists = dict(session_ids=list(range(1, n + 1)), session_scored=[True] * n, session_precision=values,
+                     session_recall=values, session_hits=[1] * n, session_coverage_sum=values,
+                     session_strict_recall=values, session_strict_coverage=values)
+        scores = dict(precision=mean, recall=mean, coverage=mean, strict_precision=mean, strict_recall=mean,
+                      strict_coverage=mean, n_sessions=n, n_scored=n, n_failed=0)
+        return result_row(domain="food", **{"rq": "baseline", **labels}, method=method, **scores, **lists)
+
+    spread = [0.1, 0.5, 0.3, 0.7, 0.2, 0.6]
+    table = combine_results([row("first-two", spread), row("student", spread), row(
+        "student", [v + 0.1 for v in spread], rq="rq1", knowledge_format="rules", utilization="icl")])
+    drawn = {}
+    monkeypatch.setattr(plots, "_save", lambda fig, axes, path, extra=None: drawn.setdefault(path.name, axes) and path)
+    plots.plot_results(table, tmp_path)
+    ax = drawn["rq1_food.png"][0]
+    lines = {line.get_label(): line.get_ydata()[0] for line in ax.get_lines() if not line.get_label().startswith("_")}
+    assert lines["first-two"] == pytest.approx(0.4) and lines["zero-shot student"] == pytest.approx(0.4)
+    from matplotlib.container import BarContainer
+
+    bar = next(c for c in ax.containers if isinstance(c, BarContainer))
+    assert bar.errorbar is not None, "each bar carries its interval"
+    (low, high), = [segment[:, 1] for segment in bar.errorbar.lines[2][0].get_segments()]
+    assert low < 0.5 < high, "the rules bar (0.5) spans its bootstrap interval"
