@@ -7,6 +7,7 @@ torch/transformers/peft are imported inside functions, so importing kd_bundle st
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import resource
@@ -31,7 +32,9 @@ class StudentConfig(BaseModel, frozen=True, extra="forbid"):
         4, ge=1, description="Prompts generated together (left padded, sorted by length); on 2 CPU cores 2-4 beat 6+."
     )
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 = greedy decoding, the default for scoring.")
-    load_in_4bit: bool = Field(False, description="NF4 base at inference; an adapter trained in 4-bit also applies to a bf16 base.")
+    load_in_4bit: bool | None = Field(
+        None, description="NF4 base at inference. None = the base the adapter was trained against (an adapter "
+        "trained in NF4 meets an NF4 base, a plain LoRA one the plain base in its training dtype); no adapter: no.")
     decoding: Literal["grammar", "free"] = Field(
         "grammar", description="grammar = only parsable answers over the session's products (kd_bundle.student.grammar); "
         "free = unconstrained."
@@ -68,10 +71,19 @@ def load_tokenizer(cfg: StudentConfig) -> Any:
     return tokenizer
 
 
+BASE_FILE = "base.json"  # in an adapter folder: the base it was trained against, {"quantized": bool, "dtype": str}
+
+
 def load_student(cfg: StudentConfig, adapter: Path | None = None) -> tuple[Any, Any]:
-    """(model, tokenizer) ready for generation; with `adapter`, the LoRA is applied (merged when not 4-bit)."""
+    """(model, tokenizer) ready for generation; with `adapter`, the LoRA is applied (merged when not 4-bit) to the
+    base it was trained against, unless `cfg.load_in_4bit` / `cfg.dtype` say otherwise: an NF4-trained adapter
+    merged into a full-precision base meets weights it never saw in training (bench/README.md measures it)."""
     tokenizer = load_tokenizer(cfg)
-    model, quantized = load_base(cfg, quantize=cfg.load_in_4bit)
+    trained = trained_base(adapter)
+    quantize = cfg.load_in_4bit if cfg.load_in_4bit is not None else bool(trained.get("quantized"))
+    if trained.get("dtype") and cfg.dtype == "auto":
+        cfg = cfg.model_copy(update={"dtype": trained["dtype"]})
+    model, quantized = load_base(cfg, quantize=quantize)
     if adapter is not None:
         from peft import PeftModel
 
@@ -79,6 +91,13 @@ def load_student(cfg: StudentConfig, adapter: Path | None = None) -> tuple[Any, 
         if not quantized:
             model = model.merge_and_unload()  # one matmul per layer again: faster generation
     return model.eval(), tokenizer
+
+
+def trained_base(adapter: Path | None) -> dict[str, Any]:
+    """What the adapter folder says it was trained against ({} without adapter, or for an adapter saved before)."""
+    if adapter is None or not (Path(adapter) / BASE_FILE).exists():
+        return {}
+    return json.loads((Path(adapter) / BASE_FILE).read_text())
 
 
 def model_path(cfg: StudentConfig) -> Path:

@@ -21,7 +21,14 @@ import polars as pl
 from pydantic import BaseModel, Field
 
 from kd_bundle.student.icl import EXAMPLE_COLUMNS, ICLConfig, build_sft_examples
-from kd_bundle.student.model import StudentConfig, load_base, load_tokenizer, peak_memory_bytes
+from kd_bundle.student.model import (
+    BASE_FILE,
+    StudentConfig,
+    load_base,
+    load_tokenizer,
+    peak_memory_bytes,
+    resolve_dtype,
+)
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +139,9 @@ def train_student(examples: pl.DataFrame, student: StudentConfig, cfg: SFTConfig
         log.info("sft step %d/%d loss %.4f, %s tokens, %.1f s", step + 1, steps, losses[-1],
                  tuple(inputs["input_ids"].shape), step_seconds[-1])
     seconds = time.perf_counter() - started
-    _save_adapter(model, student, cfg, out_dir, losses)
+    dtype, _ = resolve_dtype(student.dtype, device.type, training=True)  # what load_base trained in (NF4: compute)
+    base = {"quantized": quantized, "dtype": str(dtype).removeprefix("torch.")}
+    _save_adapter(model, student, cfg, out_dir, losses, base)
     return TrainResult(
         adapter_dir=out_dir, steps=len(losses), examples=examples.height, train_tokens=real, padded_tokens=padded,
         seconds=seconds, tokens_per_second=real / max(seconds, 1e-9), peak_memory_bytes=peak_memory_bytes(),
@@ -236,7 +245,8 @@ def _lr_factor(step: int, warmup: int, total: int) -> float:
     return max(0.0, (total - step) / max(1, total - warmup))
 
 
-def _save_adapter(model: Any, student: StudentConfig, cfg: SFTConfig, out_dir: Path, losses: list[float]) -> None:
+def _save_adapter(model: Any, student: StudentConfig, cfg: SFTConfig, out_dir: Path, losses: list[float],
+                  base: dict[str, Any]) -> None:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for peft_config in model.peft_config.values():
@@ -245,6 +255,7 @@ def _save_adapter(model: Any, student: StudentConfig, cfg: SFTConfig, out_dir: P
     (out_dir / "student_config.json").write_text(student.model_dump_json(indent=1))
     (out_dir / "sft_config.json").write_text(cfg.model_dump_json(indent=1))
     (out_dir / "losses.json").write_text(json.dumps(losses))
+    (out_dir / BASE_FILE).write_text(json.dumps(base))  # inference applies the adapter to this same base
 
 
 def _seed_everything(seed: int) -> None:

@@ -9,6 +9,7 @@ import shutil
 
 import polars as pl
 import pytest
+import torch
 
 from kd_bundle.store import write_directory
 from kd_bundle.student.icl import ICLConfig, build_sft_examples
@@ -70,8 +71,13 @@ def test_qlora_trains_in_4bit_on_cpu_and_saves_a_content_addressed_adapter(tiny,
     assert adapter_config["base_model_name_or_path"] == str(tiny) and adapter_config["r"] == SMOKE.lora_r
     ref = write_directory(result.adapter_dir, "adapter", root=tmp_path / "store")
     assert ref.kind == "adapter" and (ref.path(tmp_path / "store") / "adapter_model.safetensors").exists()
-    model, _ = load_student(student, ref.path(tmp_path / "store"))
-    assert not any("lora" in name for name, _ in model.named_parameters())  # merged into the base
+    assert json.loads((result.adapter_dir / "base.json").read_text()) == {"quantized": True, "dtype": "float32"}
+    model, _ = load_student(student, ref.path(tmp_path / "store"))  # the base it was trained against: NF4
+    assert any("lora" in name for name, _ in model.named_parameters()), "a 4-bit base keeps the adapter beside it"
+    assert any(type(m).__name__ == "Linear4bit" for m in model.modules())
+    merged, _ = load_student(student.model_copy(update={"load_in_4bit": False}), ref.path(tmp_path / "store"))
+    assert not any("lora" in name for name, _ in merged.named_parameters())  # asked for: merged into a plain base
+    assert not any(type(m).__name__ == "Linear4bit" for m in merged.modules())
 
 
 def test_plain_lora_is_deterministic_and_learns(tiny, examples, tmp_path):
@@ -83,6 +89,9 @@ def test_plain_lora_is_deterministic_and_learns(tiny, examples, tmp_path):
     assert write_directory(first.adapter_dir, "adapter", tmp_path / "s") == write_directory(
         second.adapter_dir, "adapter", tmp_path / "s")  # same data and settings: same adapter hash
     assert min(first.losses[-2:]) < first.losses[0]
+    model, _ = load_student(student, first.adapter_dir)  # dtype "auto": the training dtype, whatever this CPU has
+    assert next(model.parameters()).dtype == torch.float32
+    assert not any("lora" in name for name, _ in model.named_parameters())  # merged: one matmul per layer
 
 
 def test_a_failed_4bit_load_falls_back_to_lora_with_a_warning(tiny, examples, tmp_path, monkeypatch, caplog):
