@@ -272,7 +272,8 @@ class Plan:
         for method in BASELINE_METHODS:
             knowledge = self.knowledge(domain, "patterns") if method == "pattern" else None
             predictions = predict_baseline(sessions, knowledge, BaselineConfig(method=method))
-            rows.append(score_predictions(sessions, predictions, CellLabels(domain=domain, method=baseline_label(method))))
+            labels = CellLabels(domain=domain, method=baseline_label(method))
+            rows.append(score_predictions(sessions, predictions, labels))
         for fmt in self.cfg.teacher_rows:
             knowledge = None if fmt == "none" else self.retrieved(domain, (domain,), (fmt,), "all", 1.0)
             answer = resolved(teacher_predict(sessions, self.cfg.teacher_predict, self.cfg.teacher, knowledge))

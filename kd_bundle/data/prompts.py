@@ -96,7 +96,8 @@ def canonical_positions(positions: list[list[int]]) -> list[list[int]]:
 
     BundleRec lists most bundles' items in descending session order (1,186 of 1,346 Electronic bundles); the metrics
     treat bundles as sets, so sorting loses nothing and gives each answer one spelling the grammar accepts."""
-    return sorted((sorted(set(bundle)) for bundle in positions), key=lambda bundle: (bundle[0] if bundle else 0, bundle))
+    ascending = [sorted(set(bundle)) for bundle in positions]
+    return sorted(ascending, key=lambda bundle: (bundle[0] if bundle else 0, bundle))
 
 
 def _quote(text: str) -> str:

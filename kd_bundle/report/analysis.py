@@ -77,7 +77,8 @@ def confidence(results: pl.DataFrame, n_boot: int = 1000, level: float = 0.95, s
     return pl.DataFrame(records, infer_schema_length=None)
 
 
-def _best_positional(groups: list, arrays: list, records: list[dict[str, Any]]) -> dict[tuple[str, str], tuple[str, Any]]:
+def _best_positional(groups: list, arrays: list,
+                     records: list[dict[str, Any]]) -> dict[tuple[str, str], tuple[str, Any]]:
     """(domain, metric) -> (method, per-session arrays) of the positional reference with the highest value."""
     best: dict[tuple[str, str], tuple[float, str, Any]] = {}
     for (labels, _), arr, record in zip(groups, arrays, records):

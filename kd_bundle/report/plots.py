@@ -29,7 +29,8 @@ def plot_results(results: pl.DataFrame, out_dir: Path, *, strict: bool = True) -
     cells = _with_intervals(configurations(results, strict), results, strict)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    zero_shot = (pl.col("method") == STUDENT) & (pl.col("knowledge_format") == "none") & (pl.col("utilization") == "none")
+    zero_shot = ((pl.col("method") == STUDENT) & (pl.col("knowledge_format") == "none")
+                 & (pl.col("utilization") == "none"))
     refs = cells.filter((pl.col("method") != STUDENT) | zero_shot)  # baselines, positional rules, teacher, zero-shot
     students = cells.filter(pl.col("method") == STUDENT)
     written = []

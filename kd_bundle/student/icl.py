@@ -126,7 +126,8 @@ def build_sft_examples(
         rows.append((row["session_id"], fitted.prompt, _completion(tokenizer, fitted, answer)))
     if capped:
         log.warning("build_sft_examples: %d of %d answers have more than %d bundles (the grammar's cap, "
-                    "StudentConfig.max_bundles); they keep their first %d", capped, train.height, max_bundles, max_bundles)
+                    "StudentConfig.max_bundles); they keep their first %d", capped, train.height, max_bundles,
+                    max_bundles)
     if too_long:
         log.warning("build_sft_examples: %d of %d thoughts are longer than the student's reasoning cap of %d tokens "
                     "(StudentConfig.reasoning_tokens) and are left out", too_long, train.height, reasoning_tokens)

@@ -44,7 +44,8 @@ class StudentConfig(BaseModel, frozen=True, extra="forbid"):
         "three domains has (20 of 623 Electronic ones have 4-5), so every answer the student is taught fits.")
     intents: bool = Field(False, description="Grammar: each bundle as {'products': [...], 'intent': '1-5 words'}.")
     reasoning_tokens: int = Field(
-        800, ge=1, le=4096, description="Cap on the free reasoning line of a student trained with reasoning (thoughts), "
+        800, ge=1, le=4096, description="Cap on the free reasoning line of a student trained with reasoning "
+        "(thoughts), "
         "on top of max_new_tokens for the answer; it covers the thoughts it is trained on (ThoughtConfig.max_tokens "
         "768 + the marker); a longer thought is left out of training, and counted."
     )

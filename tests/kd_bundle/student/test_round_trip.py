@@ -77,7 +77,8 @@ def tiny(sessions, tmp_path_factory) -> StudentConfig:
 
 
 def _exact(predictions: pl.DataFrame, sessions: pl.DataFrame) -> int:
-    truth = {sid: {frozenset(b) for b in bundles} for sid, bundles in sessions.select("session_id", "bundles").iter_rows()}
+    truth = {sid: {frozenset(b) for b in bundles}
+             for sid, bundles in sessions.select("session_id", "bundles").iter_rows()}
     return sum({frozenset(b) for b in (bundles or [])} == truth[sid]
                for sid, bundles in predictions.select("session_id", "bundles").iter_rows())
 
