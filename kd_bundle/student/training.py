@@ -1,10 +1,11 @@
 """Fine-tune a QLoRA adapter of the student on knowledge-augmented examples.
 
-`train_student` has the TRL/PEFT shape: seed -> model (NF4 4-bit + LoRA from the config) -> dataset (length buckets
-under a token budget, so almost no compute goes to padding) -> a plain AdamW loop whose loss reads the answer
-columns only (no LM head over the prompt) -> save the adapter with its configs. 4-bit runs on CUDA and on CPU (bitsandbytes >= 0.48 ships a CPU backend); where loading in 4-bit fails, it
-trains plain LoRA and logs a warning. torch/transformers/peft are imported inside functions, so importing
-kd_bundle stays fast. `python -m kd_bundle.student cfg.json` runs one training outside Prefect (see `_main`).
+`train_student` has the TRL/PEFT shape: seed -> model (NF4 4-bit + LoRA on CUDA, plain LoRA on a CPU; "nf4" asks
+for 4-bit on a CPU too, through bitsandbytes' CPU backend) -> dataset (length buckets under a token budget, so almost
+no compute goes to padding) -> a plain AdamW loop whose loss reads the answer columns only (no LM head over the
+prompt) -> save the adapter with its configs and the base it was trained against (base.json), which inference loads.
+Where loading in 4-bit fails, it trains plain LoRA and logs a warning. torch/transformers/peft are imported inside
+functions, so importing kd_bundle stays fast. `python -m kd_bundle.student cfg.json` runs one training outside Prefect (see `_main`).
 """
 
 from __future__ import annotations
@@ -41,7 +42,10 @@ class SFTConfig(BaseModel, frozen=True, extra="forbid"):
         description="Retrieved knowledge in the training input (patterns, rules ...); () = plain session -> bundles.",
     )
     reasoning: bool = Field(False, description="Thoughts as the reasoning before the answer (needs a thoughts frame).")
-    quantization: Literal["nf4", "none"] = Field("nf4", description="nf4 = QLoRA (Dettmers et al. 2023); none = LoRA.")
+    quantization: Literal["auto", "nf4", "none"] = Field(
+        "auto", description="nf4 = QLoRA (Dettmers et al. 2023); none = LoRA in the inference dtype; auto = nf4 on "
+        "CUDA, where it saves the memory that matters, none on a CPU, where an NF4 base costs the 135M student "
+        "answer quality and decodes ~2.5x slower (bench/README.md, adapter_base.py); an adapter meets its own base.")
     lora_r: int = Field(16, ge=1, description="LoRA rank; the issue's H100 reference used r=16.")
     lora_alpha: int = Field(32, ge=1, description="Scale alpha/r = 2, the common QLoRA setting.")
     lora_dropout: float = Field(0.05, ge=0.0, lt=1.0, description="QLoRA paper used 0.05 for small models.")
@@ -165,7 +169,7 @@ def bucket_batches(lengths: list[int], batch_tokens: int, max_batch_size: int) -
 def _trainable_model(student: StudentConfig, cfg: SFTConfig) -> tuple[Any, bool]:
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    model, quantized = load_base(student, quantize=cfg.quantization == "nf4", training=True)
+    model, quantized = load_base(student, quantize=wants_4bit(cfg), training=True)
     if quantized:  # fp32 norms and embeddings; checkpointing is enabled below, the same way for both paths
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     if cfg.gradient_checkpointing:
@@ -184,6 +188,15 @@ def _trainable_model(student: StudentConfig, cfg: SFTConfig) -> tuple[Any, bool]
         bias="none", task_type="CAUSAL_LM",
     )
     return get_peft_model(model, lora), quantized
+
+
+def wants_4bit(cfg: SFTConfig) -> bool:
+    """Whether training asks for an NF4 base: always with "nf4", on CUDA with "auto"."""
+    if cfg.quantization != "auto":
+        return cfg.quantization == "nf4"
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _tokenize(examples: pl.DataFrame, tokenizer: Any, max_length: int) -> list[tuple[list[int], list[int]]]:

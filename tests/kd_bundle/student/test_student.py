@@ -62,7 +62,7 @@ def test_buckets_cover_every_example_once_within_the_budget():
 
 def test_qlora_trains_in_4bit_on_cpu_and_saves_a_content_addressed_adapter(tiny, examples, tmp_path):
     student = StudentConfig(model=str(tiny))
-    result = train_student(examples, student, SMOKE, tmp_path / "adapter")
+    result = train_student(examples, student, SMOKE.model_copy(update={"quantization": "nf4"}), tmp_path / "adapter")
     assert result.quantized and result.steps == 2 and all(loss > 0 for loss in result.losses)
     assert result.train_tokens <= result.padded_tokens and result.tokens_per_second > 0
     files = {p.name for p in result.adapter_dir.iterdir()}
@@ -78,6 +78,12 @@ def test_qlora_trains_in_4bit_on_cpu_and_saves_a_content_addressed_adapter(tiny,
     merged, _ = load_student(student.model_copy(update={"load_in_4bit": False}), ref.path(tmp_path / "store"))
     assert not any("lora" in name for name, _ in merged.named_parameters())  # asked for: merged into a plain base
     assert not any(type(m).__name__ == "Linear4bit" for m in merged.modules())
+
+
+def test_a_cpu_trains_plain_lora_by_default(tiny, examples, tmp_path):
+    result = train_student(examples, StudentConfig(model=str(tiny)), SMOKE, tmp_path / "adapter")
+    assert SMOKE.quantization == "auto" and not result.quantized
+    assert json.loads((result.adapter_dir / "base.json").read_text()) == {"quantized": False, "dtype": "float32"}
 
 
 def test_plain_lora_is_deterministic_and_learns(tiny, examples, tmp_path):
@@ -102,7 +108,8 @@ def test_a_failed_4bit_load_falls_back_to_lora_with_a_warning(tiny, examples, tm
 
     monkeypatch.setattr(transformers, "BitsAndBytesConfig", broken)
     with caplog.at_level(logging.WARNING, logger="kd_bundle.student"):
-        result = train_student(examples, StudentConfig(model=str(tiny)), SMOKE, tmp_path / "adapter")
+        result = train_student(examples, StudentConfig(model=str(tiny)), SMOKE.model_copy(
+            update={"quantization": "nf4"}), tmp_path / "adapter")
     assert not result.quantized and "using plain LoRA" in caplog.text
 
 
@@ -132,7 +139,7 @@ def test_real_smollm2_icl_sft_and_sft_icl_on_real_sessions_are_scored(tmp_path):
     icl = ICLConfig(formats=("raw",), demonstrations=1)
 
     icl_scores = score_predictions(predict_sessions(sessions, retrieved, student, icl), test)
-    sft = SMOKE.model_copy(update={"batch_tokens": 512, "lora_r": 8, "lora_alpha": 16})
+    sft = SMOKE.model_copy(update={"batch_tokens": 512, "lora_r": 8, "lora_alpha": 16, "quantization": "nf4"})
     result = train_adapter(sessions, retrieved, None, student, sft, tmp_path / "adapter")
     both_scores = score_predictions(predict_sessions(sessions, retrieved, student, icl, result.adapter_dir), test)
 
