@@ -13,6 +13,7 @@ import polars as pl
 from flows.cells import full_pool
 from flows.research import full_grid, rq1_knowledge_format
 from kd_bundle import grid
+from kd_bundle.evaluation.baselines import BASELINE_METHODS
 from kd_bundle.grid import GridConfig, RQ1Grid, RQ2Grid, RQ3Grid
 from kd_bundle.store import read_artifact
 
@@ -59,7 +60,8 @@ def test_full_grid_computes_each_artifact_once_then_nothing(pipeline):
     assert paid > 0
 
     results = read_artifact(table)
-    assert results.height == len(cells) + 5  # + 2 baselines, teacher zero-shot and with rules, zero-shot student
+    # + the baselines and positional references, the teacher zero-shot and with rules, the zero-shot student
+    assert results.height == len(cells) + len(BASELINE_METHODS) + 3
     assert set(results["rq"]) == {"baseline", "rq1", "rq2", "rq3"}
     students = results.filter(pl.col("method") == "student")
     assert set(students["strategy"]) >= {"all", "random", "length", "diversity", "difficulty", "multi-domain", "multi-format"}
