@@ -27,10 +27,13 @@ import polars as pl  # noqa: E402
 
 from kd_bundle.config import DataConfig, settings  # noqa: E402
 from kd_bundle.data.sessions import load_sessions  # noqa: E402
+from kd_bundle.student.batches import collate as _collate  # noqa: E402
+from kd_bundle.student.batches import completion_loss  # noqa: E402
+from kd_bundle.student.batches import tokenize as _tokenize  # noqa: E402
 from kd_bundle.student.generate import predict_sessions  # noqa: E402
 from kd_bundle.student.icl import ICLConfig, build_sft_examples  # noqa: E402
 from kd_bundle.student.model import StudentConfig, load_base, load_tokenizer  # noqa: E402
-from kd_bundle.student.training import SFTConfig, _collate, _tokenize, completion_loss, train_adapter  # noqa: E402
+from kd_bundle.student.training import SFTConfig, train_adapter  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,8 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         examples = build_sft_examples(sessions, None, None, tokenizer, ICLConfig(formats=()), 2048)
         report = {}
         for trained in ("nf4", "none"):
-            sft = SFTConfig(max_steps=args.steps, warmup_steps=1, learning_rate=args.lr, quantization=trained,
-                            gradient_checkpointing=False, batch_tokens=8192, max_batch_size=args.sessions)
+            sft = SFTConfig(max_steps=args.steps, warmup_ratio=0.1, valid_sessions=0, learning_rate=args.lr,
+                            quantization=trained, gradient_checkpointing=False, autocast="none", batch_tokens=8192,
+                            max_batch_size=args.sessions)
             result = train_adapter(sessions, None, None, student, sft, Path(tmp) / trained)
             for base in ("nf4", "fp32"):
                 loss = _answer_loss(student, Path(tmp) / trained, base == "nf4", examples, tokenizer)

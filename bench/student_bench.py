@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     student = StudentConfig(model=_llama8b_folder(args) if args.llama8b else args.model,
                             max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
     batch_tokens = args.batch_tokens or (4096 if args.llama8b else 1024)  # 8B: the reference's 8 x 512
-    sft = SFTConfig(max_steps=args.steps, warmup_steps=min(5, args.steps // 4), batch_tokens=batch_tokens,
+    sft = SFTConfig(max_steps=args.steps, warmup_ratio=0.1, valid_sessions=0, batch_tokens=batch_tokens,
                     quantization="none" if args.no_4bit else "nf4")
     retrieved = _retrieve(sessions, args)
     icl = ICLConfig(formats=tuple(args.icl_formats.split(",")) if args.icl_formats else (), demonstrations=args.k,
@@ -125,7 +125,7 @@ def _decoding_compare(args) -> int:
     setups = {"zero-shot": (ICLConfig(formats=(), **prefill), None),
               "icl": (ICLConfig(formats=("raw",), demonstrations=args.k, **prefill), None)}
     if args.steps:
-        sft = SFTConfig(max_steps=args.steps, warmup_steps=min(5, args.steps // 4), batch_tokens=args.batch_tokens or 1024,
+        sft = SFTConfig(max_steps=args.steps, warmup_ratio=0.1, valid_sessions=0, batch_tokens=args.batch_tokens or 1024,
                         quantization="none" if args.no_4bit else "nf4")
         adapter = train_adapter(sessions, retrieved, None, student, sft, args.out / "adapter").adapter_dir
         setups["sft"] = (ICLConfig(formats=(), **prefill), adapter)

@@ -33,6 +33,7 @@ from tasks.knowledge import (
     combine_domains,
     distill_rules,
     distill_thoughts,
+    first_answer_difficulty,
     mine_patterns,
     pattern_difficulty,
     pool_training,
@@ -53,7 +54,20 @@ class PipelineConfig(BaseModel, frozen=True, extra="forbid"):
         reject_unknown_keys(cls, data, "pipeline")  # nested blocks too, also those that do not forbid extras
         return data
 
-    max_train_sessions: int | None = Field(None, ge=1, description="Training sessions per domain (None = all).")
+    max_train_sessions: int | None = Field(
+        None, ge=1, description="The knowledge pool: training sessions per domain that raw examples, patterns, "
+        "retrieval and SFT draw on, and that the sampling strategies and ratios act on (None = the whole split).")
+    teacher_sessions: int | None = Field(
+        None, ge=1, description="The teacher's budget: pool sessions it distils into rules and thoughts (None = "
+        "the whole pool). Rules are retrieved from the nearest distilled sessions for every session; thoughts "
+        "exist, and reasoning SFT trains, on the distilled sessions only.")
+    sft_sessions: int | None = Field(
+        None, ge=1, description="Adapters train on a seeded random sample of this many pool sessions (None = the "
+        "whole pool); the sampling strategies and ratios of RQ2 act on that sample for SFT cells.")
+    teacher_sampling: Literal["random", "length", "diversity"] = Field(
+        "diversity", description="Which pool sessions the teacher distils when its budget is smaller than the "
+        "pool: diversity (k-means over the session embeddings, so that every session has a distilled neighbour "
+        "near it), random, or length (PipelineConfig.length_order).")
     max_test_sessions: int | None = Field(None, ge=1, description="Test sessions per domain, length-stratified (None = 180).")
     patterns: PatternConfig = PatternConfig()
     rules: RuleConfig = RuleConfig()
@@ -131,12 +145,45 @@ class Plan:
         return self._once(("sampled", domain, strategy, ratio),
                           lambda: sample_training(self.sessions(domain), sampling, vectors, hardness))
 
+    def distilled_sessions(self, domain: str) -> ArtifactRef:
+        """The pool sessions the teacher distils: the whole pool, or `teacher_sessions` of it chosen by
+        `teacher_sampling` (test and validation sessions untouched)."""
+        if self.cfg.teacher_sessions is None:
+            return self.sessions(domain)
+        sampling = SamplingConfig(strategy=self.cfg.teacher_sampling, size=self.cfg.teacher_sessions,
+                                  seed=self.cfg.sampling_seed, length_order=self.cfg.length_order)
+        vectors = self.embeddings(domain, (domain,))[0] if sampling.strategy == "diversity" else None
+        sample = sample_training.with_options(task_run_name=f"sample-teacher-{sampling.strategy}-{sampling.size}")
+        return self._once(("distilled", domain), lambda: sample(self.sessions(domain), sampling, vectors))
+
+    def sft_sessions(self, domain: str, strategy: str, ratio: float) -> ArtifactRef:
+        """What an adapter of one domain trains on: the (sampled) pool, or, with `sft_sessions`, the strategy's
+        sample of a random `sft_sessions`-session part of it."""
+        if self.cfg.sft_sessions is None:
+            return self.sampled_sessions(domain, strategy, ratio)
+        part = SamplingConfig(strategy="random", size=self.cfg.sft_sessions, seed=self.cfg.sampling_seed)
+        sample = sample_training.with_options(task_run_name=f"sample-sft-random-{part.size}")
+        pool = self._once(("sft-pool", domain), lambda: sample(self.sessions(domain), part))
+        strategy, ratio = full_pool(strategy, ratio)
+        if strategy == "all":
+            return pool
+        sampling = SamplingConfig(strategy=strategy, ratio=ratio, seed=self.cfg.sampling_seed,
+                                  length_order=self.cfg.length_order)
+        vectors = self.embeddings(domain, (domain,))[0] if strategy == "diversity" else None
+        hardness = self.difficulty(domain) if strategy == "difficulty" else None
+        return self._once(("sft-sampled", domain, strategy, ratio),
+                          lambda: sample_training(pool, sampling, vectors, hardness))
+
     def difficulty(self, domain: str) -> ArtifactRef:
-        """How hard each training session is: for the teacher (its first answer in the rule loop, no extra call),
-        or for the pattern baseline with the session held out of mining."""
+        """How hard each training session is: for the teacher (its first answer in the rule loop: no extra call
+        when the teacher distils the whole pool, one first-turn request per undistilled session otherwise), or for
+        the pattern baseline with the session held out of mining."""
         if self.cfg.difficulty == "patterns":
             return self._once(("difficulty", domain, "patterns"), lambda: pattern_difficulty(
                 self.sessions(domain), self.cfg.patterns, self.cfg.sampling_seed))
+        if self.cfg.teacher_sessions is not None:
+            return self._once(("difficulty", domain, "teacher"), lambda: first_answer_difficulty(
+                self.sessions(domain), domain, self.cfg.teacher))
         return self._once(("difficulty", domain, "teacher"), lambda: teacher_difficulty(self.knowledge(domain, "rules")))
 
     def knowledge(self, domain: str, fmt: str, strategy: str = "all", ratio: float = 1.0) -> ArtifactRef:
@@ -153,10 +200,11 @@ class Plan:
         return self._once((fmt, domain, strategy, ratio), lambda: select_knowledge(full, sampled))
 
     def _distill(self, domain: str, fmt: str) -> ArtifactRef:
+        distilled = self.distilled_sessions(domain)
         if fmt == "rules":
-            return resolved(distill_rules(self.sessions(domain), domain, self.cfg.rules, self.cfg.teacher)).session_rules
+            return resolved(distill_rules(distilled, domain, self.cfg.rules, self.cfg.teacher)).session_rules
         if fmt == "thoughts":
-            return resolved(distill_thoughts(self.sessions(domain), domain, self.cfg.thoughts, self.cfg.teacher)).thoughts
+            return resolved(distill_thoughts(distilled, domain, self.cfg.thoughts, self.cfg.teacher)).thoughts
         raise ValueError(f"unknown knowledge format {fmt!r}; expected one of {grid.KNOWLEDGE_FORMATS}")
 
     def pool(self, domain: str | None, sources: tuple[str, ...], fmt: str, strategy: str, ratio: float) -> ArtifactRef:
@@ -200,7 +248,7 @@ class Plan:
             if target is None:
                 training = self.pooled_sessions(None, sources, strategy, ratio)
             else:
-                training = self.sampled_sessions(domain, strategy, ratio)
+                training = self.sft_sessions(domain, strategy, ratio)
             retrieved = self.retrieved(target, sources, inputs, strategy, ratio) if inputs else None
             thoughts = self.pool(target, sources, "thoughts", strategy, ratio) if sft.reasoning else None
             return train_adapter(training, retrieved, thoughts, self.cfg.student, sft)

@@ -51,6 +51,14 @@ def distill_thoughts(sessions: ArtifactRef, domain: str, cfg: thoughts.ThoughtCo
     return ThoughtArtifacts(thoughts=write_artifact(frame, "thoughts"), usage=usage)
 
 
+@teacher_task(*TEACHER_LIBRARY, "knowledge.rules", "knowledge.reflection", task_run_name="first-answers-{domain}",
+              **NO_TASK_RETRIES)
+def first_answer_difficulty(sessions: ArtifactRef, domain: str, teacher: TeacherConfig) -> ArtifactRef:
+    """The teacher's first answer on every pool session, for difficulty sampling beyond the teacher's budget."""
+    with teacher_client(teacher, f"first-answers-{domain}") as client:
+        return write_artifact(rules.first_answer_difficulty(read_artifact(sessions), domain, client), "difficulty")
+
+
 @stage_task("knowledge.pools", "knowledge.sampling", task_run_name="sample-training-{cfg.strategy}-{cfg.ratio}")
 def sample_training(all_sessions: ArtifactRef, cfg: SamplingConfig, embeddings: ArtifactRef | None = None,
                     difficulty: ArtifactRef | None = None) -> ArtifactRef:

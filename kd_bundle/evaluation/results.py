@@ -33,12 +33,17 @@ RESULT_SCHEMA: dict[str, pl.DataType] = {
     "inference_new_tokens": pl.Int64,
     "train_seconds": pl.Float64,  # of the adapter the row used; 0 for ICL and the teacher
     "train_tokens": pl.Int64,
+    "train_examples": pl.Int64,  # SFT examples the adapter trained on (its training sessions that fit the grammar)
+    "train_steps": pl.Int64,  # optimizer steps it ran (early stopping may end a run before its epochs)
+    "best_step": pl.Int64,  # the step whose weights were kept by validation (0 = the base; null = no validation)
+    "valid_loss": pl.Float64,  # answer loss on the validation sessions at best_step
     "teacher_cost": pl.Float64,  # money of the teacher's inference, where a price is configured
     "extraction_tokens": pl.Int64,  # teacher tokens that produced the knowledge the row used (rules, thoughts)
     "extraction_cost": pl.Float64,
     "extraction_seconds": pl.Float64,  # summed request latency
     # knowledge quantity in the pool the row used (0 where the format is absent)
-    "train_sessions": pl.Int64,  # training sessions the knowledge (or adapter) came from
+    "train_sessions": pl.Int64,  # training sessions of the knowledge pool the row drew on (raw, patterns, SFT)
+    "teacher_sessions": pl.Int64,  # pool sessions the teacher distilled (rules, thoughts); 0 without them
     "pattern_lines": pl.Int64,
     "rule_count": pl.Int64,  # rule lines over the sessions' rule sets
     "thought_count": pl.Int64,
@@ -57,15 +62,22 @@ RESULT_SCHEMA: dict[str, pl.DataType] = {
     "session_coverage_sum": pl.List(pl.Float64),
     "session_strict_recall": pl.List(pl.Float64),
     "session_strict_coverage": pl.List(pl.Float64),
+    # the adapter's curves (kd_bundle.student.validation): train loss per step, validation loss at valid_steps
+    "train_losses": pl.List(pl.Float64),
+    "valid_steps": pl.List(pl.Int64),
+    "valid_losses": pl.List(pl.Float64),
 }
 TIMING_COLUMNS = ["wall_seconds", "train_seconds", "extraction_seconds"]  # clocks: differ between equal runs
 COST_COLUMNS = ["inference_prompt_tokens", "inference_new_tokens", "train_seconds", "train_tokens", "teacher_cost",
                 "extraction_tokens", "extraction_cost", "extraction_seconds"]
-QUANTITY_COLUMNS = ["train_sessions", "pattern_lines", "rule_count", "thought_count", "knowledge_tokens",
+TRAINING_COLUMNS = ["train_examples", "train_steps", "best_step", "valid_loss"]
+CURVE_COLUMNS = ["train_losses", "valid_steps", "valid_losses"]
+QUANTITY_COLUMNS = ["train_sessions", "teacher_sessions", "pattern_lines", "rule_count", "thought_count", "knowledge_tokens",
                     "knowledge_failed", "knowledge_truncated", "feedback_rounds"]
 SESSION_COLUMNS = ["session_ids", "session_scored", "session_precision", "session_recall", "session_hits",
                    "session_coverage_sum", "session_strict_recall", "session_strict_coverage"]
-OPTIONAL_COLUMNS = COST_COLUMNS + QUANTITY_COLUMNS + ["sampling_seed", "training_seed"] + SESSION_COLUMNS
+OPTIONAL_COLUMNS = (COST_COLUMNS + TRAINING_COLUMNS + QUANTITY_COLUMNS + ["sampling_seed", "training_seed"]
+                    + SESSION_COLUMNS + CURVE_COLUMNS)
 METRIC_COLUMNS = ["precision", "recall", "coverage", "strict_precision", "strict_recall", "strict_coverage"]
 # the labels that make one configuration: rows equal on these are repeats of it (seeds, reruns)
 CONFIG_COLUMNS = ["domain", "rq", "method", "model", "knowledge_format", "strategy", "ratio", "utilization"]
@@ -133,12 +145,16 @@ def conform(results: pl.DataFrame) -> pl.DataFrame:
 
 
 def markdown_table(results: pl.DataFrame, digits: int = 3) -> str:
-    """The results rows as a markdown table: labels that vary, then the metrics and session counts."""
+    """The results rows as a markdown table: labels that vary, then the metrics and session counts, then how big
+    each row's knowledge pool, teacher sample and adapter training were (where any row has them)."""
+    results = conform(results)
     labels = [c for c in ("domain", "rq", "method", "knowledge_format", "strategy", "ratio", "utilization", "model")
               if c in ("domain", "method") or results[c].n_unique() > 1]
-    columns = labels + METRIC_COLUMNS + ["n_scored", "n_sessions"]
+    sizes = [c for c in ("train_sessions", "teacher_sessions", "train_examples", "train_steps", "best_step")
+             if (results[c].fill_null(0) > 0).any()]
+    columns = labels + METRIC_COLUMNS + ["n_scored", "n_sessions"] + sizes
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in results.select(columns).iter_rows(named=True):
-        cells = [f"{v:.{digits}f}" if isinstance(v, float) else str(v) for v in row.values()]
+        cells = [f"{v:.{digits}f}" if isinstance(v, float) else "" if v is None else str(v) for v in row.values()]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -126,6 +126,18 @@ def reflect(session: dict[str, Any], cfg: Any, client: TeacherClient) -> Reflect
     return out
 
 
+def first_answer(session: dict[str, Any], client: TeacherClient) -> tuple[float, list[int]]:
+    """The rule loop's first turn alone, scored: (strict precision, error codes) of the teacher's first detection.
+    The request is the very one `reflect` sends first, so a session the rule loop distilled costs no new call
+    (the request cache answers it)."""
+    n_items = len(session["item_ids"])
+    truth = bundle_positions(session["bundles"], session["item_ids"])
+    prompt = DETECT_INSTRUCTION.replace("{session}", format_session(session["titles"]))
+    completion = client.complete_or_cut([{"role": "user", "content": prompt}], response_format=detection_format(n_items))
+    parsed = parse_bundles("" if completion.truncated else completion.text, n_items)
+    return strict_precision(parsed, truth), type_errors(parsed, truth)
+
+
 def type_errors(parsed: ParsedBundles, truth: list[list[int]]) -> list[int]:
     """AICL's error code per generated bundle against the ground truth (1-based product numbers).
 

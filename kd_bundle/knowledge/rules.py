@@ -23,6 +23,7 @@ from kd_bundle.knowledge.reflection import (  # noqa: F401  (error typing and ti
     ERROR_TIPS,
     HALLUCINATED,
     feedback_prompt,
+    first_answer,
     reflect,
     type_errors,
 )
@@ -92,6 +93,17 @@ def distill_rules(
     failed = session_rules.filter(pl.col("error").is_not_null()).height
     log.info("rules %s: %d sessions, %d without rules", domain, session_rules.height, failed)
     return session_rules, consolidate_rules(session_rules, cfg)
+
+
+def first_answer_difficulty(sessions: pl.DataFrame, domain: str, client: TeacherClient) -> pl.DataFrame:
+    """Difficulty sampling's preliminary inference over a whole pool when the teacher distils only part of it: the
+    teacher's first answer on every training session (one request each, the rule loop's first; distilled sessions
+    are answered from the request cache), scored as in `teacher_difficulty` (pools.DIFFICULTY columns)."""
+    train = training_sessions(sessions, "first_answer_difficulty")
+    scored = client.map(lambda session: first_answer(session, client), train.to_dicts(), label=f"first answers {domain}")
+    return pl.DataFrame({"session_id": train["session_id"], "score": [score for score, _ in scored],
+                         "error_codes": [codes for _, codes in scored]},
+                        schema={"session_id": pl.Int64, "score": pl.Float64, "error_codes": pl.List(pl.Int64)})
 
 
 def split_rules(summary: str, cfg: RuleConfig) -> list[str]:

@@ -51,6 +51,7 @@ class SamplingConfig(BaseModel, frozen=True, extra="forbid"):
         "random", description="Which sessions to keep: random, by length, embedding coverage, hardest first."
     )
     ratio: float = Field(1.0, gt=0, le=1, description="Share of training sessions kept; the study sweeps 0.1..1.0.")
+    size: int | None = Field(None, ge=1, description="Sessions kept instead of a share (the teacher's budget); at most all.")
     seed: int = Field(0, description="Seed of every random choice; the same seed gives the same sample.")
     length_order: Literal["longest", "shortest", "stratified"] = Field(
         "longest", description="length strategy: longest sessions first, shortest first, or length-stratified."
@@ -67,7 +68,7 @@ def sample_sessions(
     embeddings: np.ndarray | None = None,
     difficulty: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
-    """A subset of `train` (same columns, original row order) of size max(1, round(cfg.ratio * n)).
+    """A subset of `train` (same columns, original row order) of size max(1, round(cfg.ratio * n)), or `cfg.size` (at most n).
 
     Args:
         train: training sessions, one row each, with a unique `session_id` (and `item_ids` for "length").
@@ -79,7 +80,7 @@ def sample_sessions(
         The sampled rows of `train`.
     """
     _check_train(train, cfg)
-    size = sample_size(train.height, cfg.ratio)
+    size = min(cfg.size, train.height) if cfg.size is not None else sample_size(train.height, cfg.ratio)
     if cfg.strategy == "random":
         rows = _random_rows(train.height, size, cfg.seed)
     elif cfg.strategy == "length":
@@ -88,7 +89,7 @@ def sample_sessions(
         rows = _diversity_rows(_checked_embeddings(embeddings, train.height), size, cfg)
     else:
         rows = _difficulty_rows(train, _checked_difficulty(difficulty, train), size, cfg.seed)
-    log.info("sample_sessions: %s ratio %.2f kept %d of %d sessions", cfg.strategy, cfg.ratio, size, train.height)
+    log.info("sample_sessions: %s kept %d of %d sessions", cfg.strategy, size, train.height)
     return train[np.sort(rows)]
 
 

@@ -153,10 +153,23 @@ def knowledge_summary(results: pl.DataFrame) -> pl.DataFrame:
              .when(pl.col("knowledge_format") == "rules").then(pl.col("rule_count"))
              .when(pl.col("knowledge_format") == "thoughts").then(pl.col("thought_count"))
              .otherwise(pl.col("train_sessions")))
-    columns = ["train_sessions", "items", "knowledge_tokens", "knowledge_failed", "knowledge_truncated",
-               "feedback_rounds", "extraction_tokens", "extraction_cost", "extraction_seconds"]
+    columns = ["train_sessions", "teacher_sessions", "items", "knowledge_tokens", "knowledge_failed",
+               "knowledge_truncated", "feedback_rounds", "extraction_tokens", "extraction_cost", "extraction_seconds"]
     return (rows.with_columns(items=items).group_by("domain", "knowledge_format", maintain_order=True)
             .agg(pl.col(columns).first()).sort("domain", "knowledge_format"))
+
+
+def training_table(results: pl.DataFrame) -> pl.DataFrame:
+    """One row per adapter (kd_bundle.report.curves.adapter_rows): its pool, examples, steps run, the step kept on
+    the validation split (0 = the base was never beaten) and the validation loss there against the base's."""
+    from kd_bundle.report.curves import adapter_rows
+
+    rows = adapter_rows(results)
+    base = pl.when(pl.col("valid_losses").list.len() > 0).then(pl.col("valid_losses").list.first())
+    return rows.with_columns(base_valid_loss=base, tokens_per_second=pl.col("train_tokens") / pl.col("train_seconds")
+                             ).select("domain", "knowledge_format", "utilization", "strategy", "ratio",
+                                      "train_sessions", "train_examples", "train_steps", "best_step",
+                                      "base_valid_loss", "valid_loss", "train_seconds", "tokens_per_second")
 
 
 def cost_table(results: pl.DataFrame) -> pl.DataFrame:

@@ -17,6 +17,8 @@ import polars as pl
 
 from kd_bundle.teacher import TeacherConfig, request_key
 
+TRAIN_COLUMNS = ["train_seconds", "train_tokens", "train_examples", "train_steps", "best_step", "valid_loss",
+                 "train_losses", "valid_steps", "valid_losses"]  # results columns read from an adapter's stats
 TRAIN_STATS_SUFFIX = ".train_stats.json"  # beside a stored adapter folder, written by tasks.student.train_adapter
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 
@@ -29,7 +31,7 @@ def knowledge_tokens(texts: list[str | None]) -> int:
 def knowledge_quantity(kind: str, frame: pl.DataFrame) -> dict[str, int]:
     """QUANTITY_COLUMNS of one knowledge frame, by its artifact kind: "sessions" (raw), "patterns",
     "session_rules" or "thoughts". Unknown kinds are an error naming the kind."""
-    zero = dict.fromkeys(("train_sessions", "pattern_lines", "rule_count", "thought_count", "knowledge_tokens",
+    zero = dict.fromkeys(("train_sessions", "teacher_sessions", "pattern_lines", "rule_count", "thought_count", "knowledge_tokens",
                           "knowledge_failed", "feedback_rounds"), 0)
     if kind == "sessions":
         train = frame.filter(pl.col("split") == "train") if "split" in frame.columns else frame
@@ -40,7 +42,7 @@ def knowledge_quantity(kind: str, frame: pl.DataFrame) -> dict[str, int]:
         text = [" ".join(c) for c in itemsets["categories"].to_list()] if "categories" in frame.columns else []
         return {**zero, "pattern_lines": itemsets.height, "knowledge_tokens": knowledge_tokens(text)}
     failed = frame.filter(pl.col("error").is_not_null()).height if "error" in frame.columns else 0
-    base = {**zero, "train_sessions": frame.height, "knowledge_failed": failed,
+    base = {**zero, "train_sessions": frame.height, "teacher_sessions": frame.height, "knowledge_failed": failed,
             "knowledge_tokens": knowledge_tokens(frame["knowledge"].to_list())}
     if kind == "session_rules":
         return {**base, "rule_count": int(frame["rules"].list.len().sum() or 0),
@@ -56,7 +58,8 @@ def add_quantities(parts: list[dict[str, int]]) -> dict[str, int]:
     total: dict[str, int] = {}
     for part in parts:
         for key, value in part.items():
-            total[key] = max(total.get(key, 0), value) if key == "train_sessions" else total.get(key, 0) + value
+            total[key] = (max(total.get(key, 0), value) if key in ("train_sessions", "teacher_sessions")
+                          else total.get(key, 0) + value)
     return total
 
 
@@ -116,15 +119,22 @@ def train_stats_path(adapter_dir: Path) -> Path:
 
 
 def read_train_stats(adapter_dir: Path | None) -> dict[str, Any]:
-    """Training seconds and tokens of an adapter; 0 without an adapter (ICL); null for an adapter trained before
-    its stats were written."""
+    """Training seconds, tokens, examples, steps and the validation choice of an adapter (TRAIN_COLUMNS); 0 seconds
+    and tokens without an adapter (ICL); null for what an adapter trained before it was recorded does not say."""
+    unknown = dict.fromkeys(TRAIN_COLUMNS)
     if adapter_dir is None:
-        return {"train_seconds": 0.0, "train_tokens": 0}
+        return {**unknown, "train_seconds": 0.0, "train_tokens": 0}
     path = train_stats_path(adapter_dir)
     if not path.is_file():
-        return {"train_seconds": None, "train_tokens": None}
+        return unknown
     try:
         stats = json.loads(path.read_text())
-        return {"train_seconds": float(stats["seconds"]), "train_tokens": int(stats["train_tokens"])}
+        row = {**unknown, "train_seconds": float(stats["seconds"]), "train_tokens": int(stats["train_tokens"]),
+               "train_examples": stats.get("examples"), "train_steps": stats.get("steps"),
+               "best_step": stats.get("best_step"), "train_losses": stats.get("train_losses"),
+               "valid_steps": stats.get("valid_steps"), "valid_losses": stats.get("valid_losses")}
+        if stats.get("valid_losses") and stats.get("best_step") is not None:
+            row["valid_loss"] = float(stats["valid_losses"][stats["valid_steps"].index(stats["best_step"])])
+        return row
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{path}: unreadable training stats ({exc})") from None

@@ -51,11 +51,19 @@ def markdown_report(results: pl.DataFrame, *, strict: bool = True, n_boot: int =
         "domain": "Domain", "train_format": "Training", "prompt_format": "Prompt", "aligned": "Aligned",
         "sft": "SFT", "sft_icl": "SFT+ICL", "gain": "Gain"}, "Gain = (SFT+ICL - SFT) / SFT.", percent={"gain"})
     lines += _section("Knowledge summary (full pools)", analysis.knowledge_summary(results), {
-        "domain": "Domain", "knowledge_format": "Format", "train_sessions": "Sessions", "items": "Items",
+        "domain": "Domain", "knowledge_format": "Format", "train_sessions": "Sessions",
+        "teacher_sessions": "Teacher-distilled", "items": "Items",
         "knowledge_tokens": "Tokens", "knowledge_failed": "Failed sessions", "knowledge_truncated": "Truncated",
         "feedback_rounds": "Feedback rounds", "extraction_tokens": "Teacher tokens", "extraction_cost": "Cost",
         "extraction_seconds": "Teacher s"},
         "Items: training sessions (raw), pattern lines, rules or thoughts. Cost '-': no price configured.")
+    lines += _section("Adapter training (chosen on the validation split)", analysis.training_table(results), {
+        "domain": "Domain", "knowledge_format": "Knowledge", "utilization": "Utilization", "strategy": "Strategy",
+        "ratio": "Ratio", "train_sessions": "Pool sessions", "train_examples": "Examples", "train_steps": "Steps",
+        "best_step": "Kept step", "base_valid_loss": "Base valid loss", "valid_loss": "Kept valid loss",
+        "train_seconds": "Train s", "tokens_per_second": "Tokens/s"},
+        "Kept step: the step whose validation answer loss was lowest (0 = no step beat the base); '-': not "
+        "validated (a reasoning adapter, or data without a validation split). Curves: training_<domain>.png.")
     lines += _section(f"Cost per {analysis.PER:,} sessions, teacher vs student", analysis.cost_table(results), {
         **{k: v for k, v in _LABELS.items() if k not in ("rq", "strategy", "ratio")}, "n_sessions": "Sessions",
         "tokens_per_1k": "Tokens", "seconds_per_1k": "Seconds", "money_per_1k": "Money",

@@ -13,12 +13,14 @@ from kd_bundle.evaluation.baselines import POSITIONAL_METHODS
 from kd_bundle.evaluation.results import CONFIG_COLUMNS as LABEL_COLUMNS
 from kd_bundle.grid import KNOWLEDGE_FORMATS, MULTI_DOMAIN, MULTI_FORMAT, SAMPLING_STRATEGIES, UTILIZATIONS
 from kd_bundle.report import analysis
+from kd_bundle.report.curves import plot_training_curves
 from kd_bundle.report.tables import METRICS, STUDENT, configurations, domains_of, format_rank, rank, rq3_frame
 
 
 def plot_results(results: pl.DataFrame, out_dir: Path, *, strict: bool = True) -> list[Path]:
     """PNG plots like the study's, written to `out_dir`: RQ1 formats side by side (grouped bars) per domain,
-    RQ2 metric against ratio per strategy per (domain, format, utilization), RQ3 methods side by side per domain.
+    RQ2 metric against ratio per strategy per (domain, format, utilization), RQ3 methods side by side per domain,
+    and each adapter's train and validation curves (kd_bundle.report.curves).
 
     Returns:
         The written files, sorted.
@@ -55,6 +57,7 @@ def plot_results(results: pl.DataFrame, out_dir: Path, *, strict: bool = True) -
     written += plot_quantity(analysis.knowledge_quantity(results), out_dir)
     prefix = "strict_" if strict else ""
     written += plot_alignment(analysis.alignment_gains(results, f"{prefix}precision"), out_dir)
+    written += plot_training_curves(results, out_dir)
     return sorted(written)
 
 

@@ -97,14 +97,15 @@ def build_sft_examples(
     max_length: int,
     max_bundles: int | None = None,
     reasoning_tokens: int | None = None,
+    split: str = "train",
 ) -> pl.DataFrame:
-    """Training pairs for the train split: knowledge of `cfg.formats` in the prompt, the true bundles as the answer
+    """Training pairs for the train split (or `split`: validation examples are built the same way): knowledge of `cfg.formats` in the prompt, the true bundles as the answer
     in canonical form, preceded by the session's own thought (on one line) when `thoughts` is given (sessions without
     a thought are skipped). Every answer is one the student's grammar lets it write: with `max_bundles` (the
     grammar's cap) an answer keeps its first `max_bundles` bundles, and with `reasoning_tokens` a thought longer than
     the student's reasoning cap is left out; both are counted in the log. Columns: EXAMPLE_COLUMNS; `completion`
     ends with the template's end-of-turn text so the model learns to stop."""
-    train = sessions.filter(pl.col("split") == "train")
+    train = sessions.filter(pl.col("split") == split)
     reasoning = _thought_texts(thoughts) if thoughts is not None else None
     if reasoning is not None:
         train = train.filter(pl.col("session_id").is_in(list(reasoning)))

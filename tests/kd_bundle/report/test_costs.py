@@ -86,12 +86,19 @@ def test_inference_usage_and_train_stats(tmp_path):
                            new_tokens=pl.Series([30, None], dtype=pl.Int64), seconds=pl.Series([1.5, 2.0]))
     assert costs.inference_usage(new) == {"inference_prompt_tokens": 220, "inference_new_tokens": 30,
                                           "wall_seconds": 3.5}
-    assert costs.read_train_stats(None) == {"train_seconds": 0.0, "train_tokens": 0}
+    unknown = dict.fromkeys(costs.TRAIN_COLUMNS)
+    assert costs.read_train_stats(None) == {**unknown, "train_seconds": 0.0, "train_tokens": 0}
     adapter = tmp_path / "abc123"
     adapter.mkdir()
-    assert costs.read_train_stats(adapter) == {"train_seconds": None, "train_tokens": None}
+    assert costs.read_train_stats(adapter) == unknown
     (tmp_path / "abc123.train_stats.json").write_text(json.dumps({"seconds": 12.5, "train_tokens": 4096}))
-    assert costs.read_train_stats(adapter) == {"train_seconds": 12.5, "train_tokens": 4096}
+    assert costs.read_train_stats(adapter) == {**unknown, "train_seconds": 12.5, "train_tokens": 4096}  # older stats
+    (tmp_path / "abc123.train_stats.json").write_text(json.dumps({
+        "seconds": 12.5, "train_tokens": 4096, "examples": 150, "steps": 30, "best_step": 20,
+        "train_losses": [1.0] * 30, "valid_steps": [0, 10, 20, 30], "valid_losses": [1.2, 0.9, 0.8, 0.85]}))
+    stats = costs.read_train_stats(adapter)
+    assert stats["train_examples"] == 150 and stats["train_steps"] == 30 and stats["best_step"] == 20
+    assert stats["valid_loss"] == 0.8 and stats["valid_steps"] == [0, 10, 20, 30]  # the kept step's loss
     (tmp_path / "abc123.train_stats.json").write_text("{")
     with pytest.raises(ValueError, match="unreadable training stats"):
         costs.read_train_stats(adapter)

@@ -100,6 +100,92 @@ def test_plain_lora_is_deterministic_and_learns(tiny, examples, tmp_path):
     assert not any("lora" in name for name, _ in model.named_parameters())  # merged: one matmul per layer
 
 
+def test_validation_keeps_the_best_step_and_stops_after_its_patience(tiny, examples, tmp_path):
+    """Validation examples are held-out sessions (here the two test-split ones, built as SFT examples): measured
+    before the first step and after every step. A run that never beats the base (a rate too small to move the loss) is
+    stopped after `patience` measurements and the base itself (step 0: LoRA B is zero) is kept; a rate that learns
+    keeps a later step."""
+    from safetensors.torch import load_file
+
+    student = StudentConfig(model=str(tiny))
+    held_out = build_sft_examples(tiny_sessions(), None, None, load_tokenizer(student), ICLConfig(formats=()), 1024,
+                                  split="test")
+    assert held_out.height == 2 and not set(held_out["session_id"]) & set(examples["session_id"])
+    hurting = SMOKE.model_copy(update={"quantization": "none", "max_steps": 12, "learning_rate": 1e-12,
+                                       "eval_every": 1, "patience": 2})
+    bad = train_student(examples, student, hurting, tmp_path / "bad", validation=held_out)
+    assert bad.valid_steps[0] == 0 and bad.valid_examples == 2
+    assert bad.best_step == 0 and bad.stopped_early and bad.steps == 2, (bad.valid_losses, bad.losses)
+    weights = load_file(str(bad.adapter_dir / "adapter_model.safetensors"))
+    assert all(float(w.abs().max()) == 0.0 for name, w in weights.items() if "lora_B" in name)  # the base, kept
+    curves = json.loads((bad.adapter_dir / "curves.json").read_text())
+    assert curves["best_step"] == 0 and curves["valid_steps"] == bad.valid_steps == [0, 1, 2]
+
+    learning = SMOKE.model_copy(update={"quantization": "none", "max_steps": 8, "learning_rate": 3e-3,
+                                        "eval_every": 2, "patience": None})
+    good = train_student(examples, student, learning, tmp_path / "good", validation=held_out)
+    assert good.valid_steps == [0, 2, 4, 6, 8] and good.steps == 8 and not good.stopped_early
+    assert good.best_step > 0 and min(good.valid_losses[1:]) < good.valid_losses[0], good.valid_losses
+    assert good.best_step == good.valid_steps[good.valid_losses.index(min(good.valid_losses))]
+
+    assert bad.valid_losses[1] == pytest.approx(bad.valid_losses[0], abs=1e-4)  # what "never beats the base" was
+
+
+def test_early_stopping_restores_the_best_weights():
+    from kd_bundle.student.validation import EarlyStopping
+
+    layer = torch.nn.Linear(3, 3)
+    layer.bias.requires_grad_(False)  # only trainable tensors are kept (an adapter's LoRA weights)
+    first = layer.weight.detach().clone()
+    stopping = EarlyStopping(patience=2)
+    assert not stopping.record(0, 1.0, layer)
+    with torch.no_grad():
+        layer.weight.add_(1.0)
+    assert not stopping.record(1, 1.5, layer) and stopping.record(2, 1.2, layer)  # two measurements, none better
+    stopping.restore_best(layer, last_step=2)
+    assert torch.equal(layer.weight, first) and stopping.best_step == 0 and stopping.steps == [0, 1, 2]
+    assert not EarlyStopping(patience=None).record(0, 1.0, layer)
+
+
+def test_the_validation_split_is_sampled_and_the_test_split_never(tiny):
+    from kd_bundle.student.validation import validation_sessions
+
+    sessions = tiny_sessions().with_columns(
+        split=pl.when(pl.col("session_id") >= 5).then(pl.lit("valid")).otherwise(pl.col("split")))
+    sessions = pl.concat([sessions, tiny_sessions().filter(pl.col("split") == "test").with_columns(
+        session_id=pl.col("session_id") + 100)])
+    picked = validation_sessions(sessions, limit=3, seed=0)
+    assert picked.height == 3 and set(picked["split"]) == {"valid"}
+    assert picked["session_id"].is_sorted() and picked.equals(validation_sessions(sessions, limit=3, seed=0))
+    assert validation_sessions(sessions, limit=0, seed=0).height == 0
+
+
+def test_checkpointing_and_autocast_follow_the_hardware(tiny, examples, tmp_path, monkeypatch):
+    from transformers import AutoConfig
+
+    from kd_bundle.student import compute
+
+    smollm2_like = AutoConfig.for_model("llama", hidden_size=576, intermediate_size=1536, num_hidden_layers=30)
+    needed = compute.activation_bytes(smollm2_like, 1024, 4)
+    assert 2.5e9 < needed < 4e9  # measured 3.4 GB (5.7 GB without checkpointing, 2.3 GB with)
+    monkeypatch.setattr(compute, "free_memory_bytes", lambda device: 4 * needed)
+    assert not compute.wants_checkpointing("auto", smollm2_like, 1024, "cpu", 4)
+    monkeypatch.setattr(compute, "free_memory_bytes", lambda device: needed)
+    assert compute.wants_checkpointing("auto", smollm2_like, 1024, "cpu", 4)
+    assert compute.wants_checkpointing(True, smollm2_like, 1, "cpu", 4) and not compute.wants_checkpointing(
+        False, smollm2_like, 10**9, "cpu", 4)
+    monkeypatch.setattr(compute, "cpu_bf16", lambda: (True, "native"))
+    assert compute.autocast_dtype("auto", "cpu", torch.float32) == torch.bfloat16
+    assert compute.autocast_dtype("auto", "cpu", torch.bfloat16) is None
+    assert compute.autocast_dtype("none", "cpu", torch.float32) is None
+    monkeypatch.setattr(compute, "free_memory_bytes", lambda device: 1)  # even the tiny student's batch does not fit
+    result = train_student(examples, StudentConfig(model=str(tiny)), SMOKE.model_copy(
+        update={"gradient_checkpointing": "auto", "quantization": "none"}), tmp_path / "adapter")
+    assert result.gradient_checkpointing and result.autocast == "bfloat16" and all(loss > 0 for loss in result.losses)
+    monkeypatch.setattr(compute, "cpu_bf16", lambda: (False, "emulated"))
+    assert compute.autocast_dtype("auto", "cpu", torch.float32) is None
+
+
 def test_a_failed_4bit_load_falls_back_to_lora_with_a_warning(tiny, examples, tmp_path, monkeypatch, caplog):
     import transformers
 
@@ -153,8 +239,9 @@ def test_real_smollm2_icl_sft_and_sft_icl_on_real_sessions_are_scored(tmp_path):
 def test_completion_only_logits_give_the_models_own_loss(tiny):
     import torch
 
+    from kd_bundle.student.batches import collate as _collate
+    from kd_bundle.student.batches import completion_loss
     from kd_bundle.student.model import load_student
-    from kd_bundle.student.training import _collate, completion_loss
 
     model, _ = load_student(StudentConfig(model=str(tiny)))
     rows = [([5, 6, 7, 8, 9, 10], [-100, -100, -100, -100, 9, 10]), ([11, 12, 13], [-100, 12, 13])]
