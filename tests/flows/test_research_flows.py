@@ -111,3 +111,34 @@ def test_sft_icl_training_prompts_match_the_test_prompts(pipeline):
         alone = plan.sft_config(("rules",), prompts)
         assert alone.knowledge.formats == ("rules",)
         assert (alone.knowledge.demonstrations, alone.knowledge.max_lines) == (1, 10)
+
+
+def test_two_budgets_the_pool_the_teacher_and_the_adapters_each_have_their_size(pipeline):
+    """The knowledge pool is all 12 training sessions; the teacher distils 3 of them, chosen for coverage; adapters
+    train on a 6-session part of the pool and are validated. Every row says its sizes; difficulty sampling beyond
+    the teacher's budget asks the teacher's first answer for every pool session (one request each, the rule loop's
+    first: the distilled ones are answered from the request cache)."""
+    teacher, cfg = pipeline
+    cfg = cfg.model_copy(update={"teacher_sessions": 3, "sft_sessions": 6, "teacher_rows": ()})
+    small = GridConfig(domains=("food",), rqs=("rq1", "rq2"),
+                       rq1=RQ1Grid(formats=("raw", "rules", "thoughts"), utilizations=("icl", "sft")),
+                       rq2=RQ2Grid(formats=("rules",), utilizations=("icl",), strategies=("difficulty",),
+                                   ratios=(0.5,), accumulate_domains=(), aggregate_formats=()))
+    table, states = _run(full_grid, grid=small, pipeline=cfg)
+    results = read_artifact(table)
+    students = results.filter(pl.col("method") == "student")
+    rq1 = students.filter(pl.col("rq") == "rq1")
+    assert (rq1["train_sessions"] == 12).all(), rq1.select("knowledge_format", "utilization", "train_sessions")
+    distilled = rq1.filter(pl.col("knowledge_format").is_in(["rules", "thoughts"]))
+    assert (distilled["teacher_sessions"] == 3).all() and (
+        rq1.filter(pl.col("knowledge_format") == "raw")["teacher_sessions"] == 0).all()
+    sft = rq1.filter(pl.col("utilization") == "sft")
+    raw_sft = sft.filter(pl.col("knowledge_format") == "raw")
+    assert raw_sft["train_examples"].to_list() == [6] and (sft["train_steps"] == 2).all()
+    # validated on the valid split (conftest's SMOKE: 4 sessions, every step), the reasoning adapter is not
+    assert raw_sft["valid_steps"].to_list() == [[0, 1, 2]] and raw_sft["best_step"].to_list()[0] in (0, 1, 2)
+    thoughts_sft = sft.filter(pl.col("knowledge_format") == "thoughts")
+    assert thoughts_sft["valid_steps"].to_list() == [[]] and thoughts_sft["train_examples"].to_list()[0] <= 3
+    assert states["sample-teacher-diversity-3"] == ["Completed"] and states["first-answers-food"] == ["Completed"]
+    rq2 = students.filter(pl.col("rq") == "rq2")
+    assert rq2.height == 1 and rq2["train_sessions"].to_list() == [6]  # half of the pool, ranked by the teacher
