@@ -35,7 +35,7 @@ RULES = ["Products of one brand that fit each other form a bundle.",
          "A device and its accessories (case, cable, charger) form a bundle.",
          "Two alternatives of the same kind of product form a bundle."]
 # Overfitting is the point here, so no validation split picks an earlier step.
-OVERFIT = SFTConfig(max_steps=300, warmup_ratio=0.02, valid_sessions=0, learning_rate=5e-3, lora_r=16, lora_alpha=32,
+OVERFIT = SFTConfig(max_steps=300, warmup_ratio=5 / 300, valid_sessions=0, learning_rate=5e-3, lora_r=16, lora_alpha=32,
                     lora_dropout=0.0, quantization="none", gradient_checkpointing=False, batch_tokens=32768,
                     max_batch_size=16)
 
@@ -90,7 +90,8 @@ def _exact(predictions: pl.DataFrame, sessions: pl.DataFrame) -> int:
 def test_an_overfit_adapter_gives_back_what_it_was_taught(variant, sessions, tiny, tmp_path) -> None:
     knowledge = ICLConfig(formats=("rules",) if variant == "rules" else (), demonstrations=1, max_lines=10)
     steps = 400 if variant == "reasoning" else 300  # a thought is ~40 more tokens to learn by heart
-    sft = OVERFIT.model_copy(update={"knowledge": knowledge, "reasoning": variant == "reasoning", "max_steps": steps})
+    sft = OVERFIT.model_copy(update={"knowledge": knowledge, "reasoning": variant == "reasoning", "max_steps": steps,
+                                     "warmup_ratio": 5 / steps})  # 5 warm-up steps whatever the run's length
     retrieved = _rules(sessions) if variant == "rules" else None
     thoughts = _thoughts(sessions) if variant == "reasoning" else None
     result = train_adapter(sessions, retrieved, thoughts, tiny, sft, tmp_path / "adapter")

@@ -180,7 +180,7 @@ def test_checkpointing_and_autocast_follow_the_hardware(tiny, examples, tmp_path
     assert compute.autocast_dtype("none", "cpu", torch.float32) is None
     monkeypatch.setattr(compute, "free_memory_bytes", lambda device: 1)  # even the tiny student's batch does not fit
     result = train_student(examples, StudentConfig(model=str(tiny)), SMOKE.model_copy(
-        update={"gradient_checkpointing": "auto", "quantization": "none"}), tmp_path / "adapter")
+        update={"gradient_checkpointing": "auto", "autocast": "auto", "quantization": "none"}), tmp_path / "adapter")
     assert result.gradient_checkpointing and result.autocast == "bfloat16" and all(loss > 0 for loss in result.losses)
     monkeypatch.setattr(compute, "cpu_bf16", lambda: (False, "emulated"))
     assert compute.autocast_dtype("auto", "cpu", torch.float32) is None
