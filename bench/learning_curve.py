@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     zero = predict_sessions(sessions, None, STUDENT, ZERO_SHOT)
     zero_scores, zero_arrays = scored(zero, test)
-    references = {m: scored(positional_predictions(sessions, m), test) for m in POSITIONAL_METHODS}
+    references = {m: scored(positional_predictions(test, m), test) for m in POSITIONAL_METHODS}
     best = max(references, key=lambda m: references[m][0]["strict_precision"])
     _print("zero-shot", "-", zero_scores, None, None, shape(zero, sessions), time.perf_counter() - started)
     for method, (scores, _) in references.items():

@@ -61,7 +61,7 @@ def markdown_report(results: pl.DataFrame, *, strict: bool = True, n_boot: int =
         "domain": "Domain", "knowledge_format": "Knowledge", "utilization": "Utilization", "strategy": "Strategy",
         "ratio": "Ratio", "train_sessions": "Pool sessions", "train_examples": "Examples", "train_steps": "Steps",
         "best_step": "Kept step", "base_valid_loss": "Base valid loss", "valid_loss": "Kept valid loss",
-        "train_seconds": "Train s", "tokens_per_second": "Tokens/s"},
+        "train_seconds": "Train s (with validation)", "tokens_per_second": "Tokens/s (with validation)"},
         "Kept step: the step whose validation answer loss was lowest (0 = no step beat the base); '-': not "
         "validated (a reasoning adapter, or data without a validation split). Curves: training_<domain>.png.")
     lines += _section(f"Cost per {analysis.PER:,} sessions, teacher vs student", analysis.cost_table(results), {
