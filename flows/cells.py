@@ -135,15 +135,18 @@ class Plan:
         return vectors, self._once(("index", domain, sources), lambda: index_sessions(pooled, vectors))
 
     def sampled_sessions(self, domain: str, strategy: str, ratio: float) -> ArtifactRef:
+        return self._sample(("sampled", domain), self.sessions(domain), domain, strategy, ratio)
+
+    def _sample(self, key: tuple, base: ArtifactRef, domain: str, strategy: str, ratio: float) -> ArtifactRef:
+        """`base` (a sessions ref of `domain`) with its training split cut to the strategy's sample at `ratio`."""
         strategy, ratio = full_pool(strategy, ratio)
         if strategy == "all":
-            return self.sessions(domain)
+            return base
         sampling = SamplingConfig(strategy=strategy, ratio=ratio, seed=self.cfg.sampling_seed,
                                   length_order=self.cfg.length_order)
         vectors = self.embeddings(domain, (domain,))[0] if strategy == "diversity" else None
         hardness = self.difficulty(domain) if strategy == "difficulty" else None
-        return self._once(("sampled", domain, strategy, ratio),
-                          lambda: sample_training(self.sessions(domain), sampling, vectors, hardness))
+        return self._once((*key, strategy, ratio), lambda: sample_training(base, sampling, vectors, hardness))
 
     def distilled_sessions(self, domain: str) -> ArtifactRef:
         """The pool sessions the teacher distils: the whole pool, or `teacher_sessions` of it chosen by
@@ -156,7 +159,7 @@ class Plan:
         sample = sample_training.with_options(task_run_name=f"sample-teacher-{sampling.strategy}-{sampling.size}")
         return self._once(("distilled", domain), lambda: sample(self.sessions(domain), sampling, vectors))
 
-    def sft_sessions(self, domain: str, strategy: str, ratio: float) -> ArtifactRef:
+    def adapter_sessions(self, domain: str, strategy: str, ratio: float) -> ArtifactRef:
         """What an adapter of one domain trains on: the (sampled) pool, or, with `sft_sessions`, the strategy's
         sample of a random `sft_sessions`-session part of it."""
         if self.cfg.sft_sessions is None:
@@ -164,15 +167,7 @@ class Plan:
         part = SamplingConfig(strategy="random", size=self.cfg.sft_sessions, seed=self.cfg.sampling_seed)
         sample = sample_training.with_options(task_run_name=f"sample-sft-random-{part.size}")
         pool = self._once(("sft-pool", domain), lambda: sample(self.sessions(domain), part))
-        strategy, ratio = full_pool(strategy, ratio)
-        if strategy == "all":
-            return pool
-        sampling = SamplingConfig(strategy=strategy, ratio=ratio, seed=self.cfg.sampling_seed,
-                                  length_order=self.cfg.length_order)
-        vectors = self.embeddings(domain, (domain,))[0] if strategy == "diversity" else None
-        hardness = self.difficulty(domain) if strategy == "difficulty" else None
-        return self._once(("sft-sampled", domain, strategy, ratio),
-                          lambda: sample_training(pool, sampling, vectors, hardness))
+        return self._sample(("sft-sampled", domain), pool, domain, strategy, ratio)
 
     def difficulty(self, domain: str) -> ArtifactRef:
         """How hard each training session is: for the teacher (its first answer in the rule loop: no extra call
@@ -248,7 +243,7 @@ class Plan:
             if target is None:
                 training = self.pooled_sessions(None, sources, strategy, ratio)
             else:
-                training = self.sft_sessions(domain, strategy, ratio)
+                training = self.adapter_sessions(domain, strategy, ratio)
             retrieved = self.retrieved(target, sources, inputs, strategy, ratio) if inputs else None
             thoughts = self.pool(target, sources, "thoughts", strategy, ratio) if sft.reasoning else None
             return train_adapter(training, retrieved, thoughts, self.cfg.student, sft)

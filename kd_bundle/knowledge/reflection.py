@@ -90,7 +90,7 @@ def reflect(session: dict[str, Any], cfg: Any, client: TeacherClient) -> Reflect
         conversation.append({"role": "assistant", "content": completion.text})
         return "" if completion.truncated else completion.text
 
-    first_text = ask("detect", DETECT_INSTRUCTION.replace("{session}", format_session(session["titles"])))
+    first_text = ask("detect", detect_prompt(session["titles"]))
     first = parse_bundles(first_text, n_items)
     first_codes = type_errors(first, truth)
     out = Reflection(conversation, first, first_codes, strict_precision(first, truth), first, steps=steps,
@@ -126,14 +126,19 @@ def reflect(session: dict[str, Any], cfg: Any, client: TeacherClient) -> Reflect
     return out
 
 
+def detect_prompt(titles: list[str]) -> str:
+    """The rule loop's first request: AICL's detection instruction over the session's products."""
+    return DETECT_INSTRUCTION.replace("{session}", format_session(titles))
+
+
 def first_answer(session: dict[str, Any], client: TeacherClient) -> tuple[float, list[int]]:
     """The rule loop's first turn alone, scored: (strict precision, error codes) of the teacher's first detection.
     The request is the very one `reflect` sends first, so a session the rule loop distilled costs no new call
     (the request cache answers it)."""
     n_items = len(session["item_ids"])
     truth = bundle_positions(session["bundles"], session["item_ids"])
-    prompt = DETECT_INSTRUCTION.replace("{session}", format_session(session["titles"]))
-    completion = client.complete_or_cut([{"role": "user", "content": prompt}], response_format=detection_format(n_items))
+    completion = client.complete_or_cut([{"role": "user", "content": detect_prompt(session["titles"])}],
+                                        response_format=detection_format(n_items))
     parsed = parse_bundles("" if completion.truncated else completion.text, n_items)
     return strict_precision(parsed, truth), type_errors(parsed, truth)
 

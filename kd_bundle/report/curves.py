@@ -15,15 +15,16 @@ _PANELS_PER_ROW = 4
 
 
 def adapter_rows(results: pl.DataFrame) -> pl.DataFrame:
-    """One row per distinct adapter (equal curves are one adapter) with its label and training figures."""
+    """One row per distinct adapter per domain (equal curves are one adapter: RQ2 at ratio 1 reuses RQ1's) with its
+    label and training figures."""
     results = conform(results)
     rows = results.filter(pl.col("train_losses").list.len().fill_null(0) > 0)
     if rows.height == 0:
         return rows.with_columns(label=pl.lit(None, dtype=pl.String))
     label = pl.concat_str([pl.col("knowledge_format"), pl.col("utilization"), pl.col("strategy"),
                            pl.col("ratio").round(2).cast(pl.String)], separator=" ")
-    return (rows.with_columns(label=label, _curve=pl.col("train_losses").hash() + pl.col("valid_losses").hash())
-            .unique(["domain", "_curve"], keep="first", maintain_order=True).drop("_curve"))
+    return rows.with_columns(label=label).unique(["domain", "train_losses", "valid_losses"], keep="first",
+                                                 maintain_order=True)
 
 
 def plot_training_curves(results: pl.DataFrame, out_dir: Path) -> list[Path]:

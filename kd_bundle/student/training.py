@@ -201,7 +201,7 @@ def train_student(examples: pl.DataFrame, student: StudentConfig, cfg: SFTConfig
     if valid_rows:
         stopping.record(0, validate(), model)
     model.train()
-    losses, step_seconds, step_tokens, real, padded = [], [], [], 0, 0
+    losses, step_seconds, step_tokens, padded = [], [], [], 0
     for step, batch in zip(range(steps), cycle(batches, cfg.seed)):
         step_started = time.perf_counter()
         inputs = to_batch([rows[i] for i in batch])
@@ -214,7 +214,6 @@ def train_student(examples: pl.DataFrame, student: StudentConfig, cfg: SFTConfig
         losses.append(round(float(loss.detach()), 5))
         step_seconds.append(time.perf_counter() - step_started)
         step_tokens.append(int(inputs["attention_mask"].sum()))
-        real += step_tokens[-1]
         padded += inputs["attention_mask"].numel()
         log.info("sft step %d/%d loss %.4f, %s tokens, %.1f s", step + 1, steps, losses[-1],
                  tuple(inputs["input_ids"].shape), step_seconds[-1])
@@ -225,7 +224,7 @@ def train_student(examples: pl.DataFrame, student: StudentConfig, cfg: SFTConfig
                 log.info("sft: no better validation loss in %d measurements; stopping at step %d of %d",
                          cfg.patience, step + 1, steps)
                 break
-    seconds = time.perf_counter() - started
+    seconds, real = time.perf_counter() - started, sum(step_tokens)
     stopping.restore_best(model, len(losses))
     dtype, _ = resolve_dtype(student.dtype, device.type, training=True)  # what load_base trained in (NF4: compute)
     base = {"quantized": quantized, "dtype": str(dtype).removeprefix("torch.")}
