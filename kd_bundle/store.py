@@ -9,6 +9,7 @@ store does not invalidate any key.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import tempfile
@@ -18,6 +19,8 @@ import polars as pl
 from pydantic import BaseModel
 
 from kd_bundle.config import settings
+
+_log = logging.getLogger(__name__)
 
 
 class ArtifactMissing(FileNotFoundError):
@@ -70,7 +73,48 @@ def read_artifact(ref: ArtifactRef, root: Path | None = None) -> pl.DataFrame:
     path = ref.path(root)
     if not path.exists():
         raise ArtifactMissing(f"artifact {ref} is missing: expected file {path}")
-    return pl.read_parquet(path)
+    try:
+        return pl.read_parquet(path)
+    except (pl.exceptions.ComputeError, OSError) as exc:
+        raise ArtifactCorrupt(
+            f"artifact {ref} at {path} cannot be read ({type(exc).__name__}); it is damaged: rerun the flow, which "
+            "quarantines it and recomputes the stage that made it"
+        ) from exc
+
+
+class ArtifactCorrupt(ArtifactMissing):
+    """A reference whose bytes no longer match its name (a truncated copy, a half-synced shared volume)."""
+
+
+def is_sound(ref: ArtifactRef, root: Path | None = None) -> bool:
+    """Whether the artifact exists and its bytes still hash to its name (a file of an adapter folder included).
+
+    sha256 runs at ~1 GB/s and a grid's artifacts are megabytes, so every cached result is checked this way.
+    """
+    path = ref.path(root)
+    if not path.exists():
+        return False
+    if ref.kind in DIRECTORY_KINDS:
+        return path.is_dir() and _directory_sha256(path) == ref.sha256
+    return path.is_file() and _sha256_file(path) == ref.sha256
+
+
+def quarantine(ref: ArtifactRef, root: Path | None = None, made_by: str = "?") -> Path | None:
+    """Move a damaged artifact to `<store>/.quarantine/<kind>/` (kept for inspection, out of every read path).
+
+    A missing artifact has nothing to move and gets no line; a damaged one is named once, with the stage that made it.
+    """
+    path = ref.path(root)
+    if not path.exists():
+        return None
+    target = store_root(root) / ".quarantine" / ref.kind / path.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    os.replace(path, target)
+    _log.warning("artifact %s (kind %s, made by stage %s) does not match its hash: moved to %s; the stage is "
+                 "recomputed", path.name, ref.kind, made_by, target)
+    return target
 
 
 def write_directory(source: Path, kind: str, root: Path | None = None) -> ArtifactRef:
@@ -78,11 +122,7 @@ def write_directory(source: Path, kind: str, root: Path | None = None) -> Artifa
     if kind not in DIRECTORY_KINDS:
         raise ValueError(f"write_directory: kind {kind!r} is not a directory kind {sorted(DIRECTORY_KINDS)}")
     files = sorted(p for p in Path(source).rglob("*") if p.is_file())
-    digest = hashlib.sha256()
-    for f in files:
-        digest.update(str(f.relative_to(source)).encode())
-        digest.update(_sha256_file(f).encode())
-    ref = ArtifactRef(kind=kind, sha256=digest.hexdigest(), rows=len(files))
+    ref = ArtifactRef(kind=kind, sha256=_directory_sha256(Path(source)), rows=len(files))
     final = ref.path(root)
     if not final.exists():
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -93,6 +133,15 @@ def write_directory(source: Path, kind: str, root: Path | None = None) -> Artifa
         except OSError:  # another process landed the same content first
             shutil.rmtree(staging, ignore_errors=True)
     return ref
+
+
+def _directory_sha256(folder: Path) -> str:
+    """The hash of a folder: its files' relative names and bytes, in name order."""
+    digest = hashlib.sha256()
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(str(f.relative_to(folder)).encode())
+        digest.update(_sha256_file(f).encode())
+    return digest.hexdigest()
 
 
 def _sha256_file(path: Path) -> str:

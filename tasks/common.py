@@ -22,7 +22,7 @@ from prefect.futures import PrefectFuture
 from prefect.utilities.hashing import hash_objects
 from pydantic import BaseModel
 
-from kd_bundle.store import ArtifactRef
+from kd_bundle.store import ArtifactRef, is_sound, quarantine
 from tasks.locks import StoreLockManager
 
 
@@ -111,7 +111,10 @@ class Stage:
         if _SUBMIT.get():
             return self.task.submit(*args, **kwargs)
         result = self.task(*args, **kwargs)
-        if not all(ref.exists() for ref in artifact_refs(result)):
+        unsound = [ref for ref in artifact_refs(result) if not is_sound(ref)]
+        for ref in unsound:
+            quarantine(ref, made_by=self.name)
+        if unsound:
             result = self.task.with_options(refresh_cache=True)(*args, **kwargs)
         return result
 

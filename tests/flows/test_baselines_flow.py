@@ -80,6 +80,22 @@ def test_deleted_artifact_is_recomputed_not_trusted():
     assert states["load-sessions-food"] == ["Cached"]
 
 
+def test_truncated_artifact_is_quarantined_and_recomputed(isolated_store, caplog):
+    table, _ = _run(SMALL)
+    predictions = sorted((isolated_store / "store" / "predictions").glob("*.parquet"))
+    assert predictions, "the flow wrote prediction artifacts"
+    damaged = predictions[0]
+    damaged.write_bytes(damaged.read_bytes()[:1000])  # what an interrupted copy leaves
+    with caplog.at_level("WARNING", logger="kd_bundle.store"):
+        again, states = _run(SMALL, expected=N_TASKS + 1)
+    assert again == table and damaged.exists()
+    assert pl.read_parquet(damaged).height > 0, "recomputed with the same bytes"
+    assert (isolated_store / "store" / ".quarantine" / "predictions" / damaged.name).stat().st_size == 1000
+    lines = [r.getMessage() for r in caplog.records if "does not match its hash" in r.getMessage()]
+    assert len(lines) == 1 and damaged.name in lines[0] and "stage predict_baseline" in lines[0], lines
+    assert states["load-sessions-food"] == ["Cached"]
+
+
 def test_published_table_carries_a_run_manifest_outside_the_cache(isolated_store):
     import hashlib
     from importlib import metadata

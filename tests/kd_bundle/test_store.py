@@ -127,3 +127,30 @@ def test_write_directory_rejects_non_directory_kinds(tmp_path: Path, kind: str) 
     with pytest.raises(ValueError, match=f"kind '{kind}' is not a directory kind"):
         write_directory(_adapter(tmp_path / "run"), kind, root=tmp_path / "store")
     assert not (tmp_path / "store").exists()
+
+
+def test_damaged_artifacts_are_unsound_and_quarantined(tmp_path: Path) -> None:
+    from kd_bundle.store import ArtifactCorrupt, is_sound, quarantine, write_directory
+
+    ref = write_artifact(pl.DataFrame({"a": list(range(500))}), "results", root=tmp_path)
+    assert is_sound(ref, tmp_path)
+    path = ref.path(tmp_path)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one flipped bit
+    path.write_bytes(bytes(data))
+    assert not is_sound(ref, tmp_path)
+    path.write_bytes(bytes(data[:100]))
+    with pytest.raises(ArtifactCorrupt, match=str(path)):
+        read_artifact(ref, tmp_path)
+    moved = quarantine(ref, tmp_path, made_by="collect-results")
+    assert moved == tmp_path / ".quarantine" / "results" / path.name and not path.exists()
+
+    source = tmp_path / "adapter-src"
+    source.mkdir()
+    (source / "adapter_model.safetensors").write_bytes(b"weights" * 100)
+    (source / "adapter_config.json").write_text("{}")
+    folder = write_directory(source, "adapter", root=tmp_path)
+    assert is_sound(folder, tmp_path)
+    (folder.path(tmp_path) / "adapter_model.safetensors").write_bytes(b"weights")
+    assert not is_sound(folder, tmp_path)
+    assert quarantine(folder, tmp_path).is_dir() and not folder.exists(tmp_path)
