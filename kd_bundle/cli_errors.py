@@ -1,4 +1,5 @@
-"""Entry points report a data error as one line on stderr and exit 2; the full trace goes to a log file.
+"""Entry points report a data error (or a store that cannot take a write) as one line on stderr and exit 2; the full
+trace goes to a log file.
 
 A bad data file inside a flow used to print 150-300 lines with several tracebacks (each engine layer logs the
 exception again) before the one clear message. `run_cli` sends every log record of the run to a file under
@@ -17,6 +18,10 @@ from pathlib import Path
 
 from kd_bundle.config import settings
 from kd_bundle.data.checks import DataError
+from kd_bundle.store import StoreWriteError
+
+# Errors whose message says all a user needs (what, where, what to do): one line, no traceback on the terminal.
+ONE_LINE_ERRORS = (DataError, StoreWriteError)
 
 EXIT_DATA_ERROR = 2
 _FORMAT = "%(asctime)s %(levelname)s %(name)s - %(message)s"
@@ -33,7 +38,15 @@ class _DataErrorOffTerminal(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        return not isinstance(error, DataError) and DataError.__name__ not in record.getMessage()
+        message = record.getMessage()
+        return not isinstance(error, ONE_LINE_ERRORS) and not any(e.__name__ in message for e in ONE_LINE_ERRORS)
+
+
+class _QuietFileHandler(logging.FileHandler):
+    """The run's log file; on a full or read-only store it cannot be written, which must not bury the one line."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass
 
 
 def _terminal_handlers() -> list[tuple[logging.Logger, logging.Handler]]:
@@ -51,8 +64,11 @@ def _terminal_handlers() -> list[tuple[logging.Logger, logging.Handler]]:
 def run_cli(prog: str, main: Callable[[], int | None]) -> int:
     """Run `main`; a DataError becomes `<prog>: error: <message> (full trace: <log>)` and exit 2."""
     path = log_file(prog)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    to_file = logging.FileHandler(path, delay=True, encoding="utf-8")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError:  # a read-only store: the run itself will say so in one line
+        pass
+    to_file = _QuietFileHandler(path, delay=True, encoding="utf-8")
     to_file.setFormatter(logging.Formatter(_FORMAT))
     quiet = _DataErrorOffTerminal()
     attached = _terminal_handlers()
@@ -62,10 +78,14 @@ def run_cli(prog: str, main: Callable[[], int | None]) -> int:
             logger.addHandler(to_file)
     try:
         return int(main() or 0)
-    except DataError as exc:
-        with open(path, "a", encoding="utf-8") as fh:
-            fh.write(f"{prog}: data error\n{''.join(traceback.format_exception(exc))}")
-        print(f"{prog}: error: {exc} (full trace: {path})", file=sys.stderr)
+    except ONE_LINE_ERRORS as exc:
+        try:
+            with open(path, "a", encoding="utf-8") as fh:
+                fh.write(f"{prog}: {type(exc).__name__}\n{''.join(traceback.format_exception(exc))}")
+            trace = f" (full trace: {path})"
+        except OSError:
+            trace = ""
+        print(f"{prog}: error: {exc}{trace}", file=sys.stderr)
         return EXIT_DATA_ERROR
     finally:
         for logger, handler in attached:

@@ -51,22 +51,53 @@ def store_root(root: Path | None = None) -> Path:
     return Path(root) if root is not None else settings().store
 
 
+class StoreWriteError(OSError):
+    """The store cannot take a write (a full or read-only disk): nothing half-written is left behind."""
+
+
 def write_artifact(frame: pl.DataFrame, kind: str, root: Path | None = None) -> ArtifactRef:
-    """Write `frame` once under its content hash. Writing the same content twice is a no-op."""
+    """Write `frame` once under its content hash. Writing the same content twice is a no-op.
+
+    The bytes go to a temporary file renamed into place, so a reader (or a cache record) only ever sees whole files.
+    """
     folder = store_root(root) / kind
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".parquet")
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp: Path | None = None
     try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".parquet")
+        os.close(fd)
+        tmp = Path(tmp_name)
         # Statistics off and one row group: the bytes then depend on the data alone, so the hash is stable.
         frame.write_parquet(tmp, compression="zstd", statistics=False, row_group_size=max(frame.height, 1))
         sha = _sha256_file(tmp)
         final = folder / f"{sha}.parquet"
         os.replace(tmp, final)
+    except (OSError, pl.exceptions.ComputeError) as exc:
+        raise _write_error(f"a {kind} artifact", root, exc) from exc
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
     return ArtifactRef(kind=kind, sha256=sha, rows=frame.height)
+
+
+def _write_error(what: str, root: Path | None, exc: BaseException) -> StoreWriteError:
+    """One line: which store, why (the OS's words), how much room it has, and that nothing partial stayed."""
+    store = store_root(root)
+    probe = next((p for p in (store, *store.parents) if p.exists()), Path("/"))
+    usage = shutil.disk_usage(probe)
+    if isinstance(exc, shutil.Error) and exc.args and isinstance(exc.args[0], list):  # copytree: (src, dst, why)
+        reason = str(exc.args[0][0][-1])
+    else:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
+    return StoreWriteError(
+        f"cannot write {what} to the store {store}: {reason}; the volume has {_mb(usage.free)} free of "
+        f"{_mb(usage.total)}; nothing half-written was kept: free space (or set KD_STORE to a larger, writable "
+        "volume) and rerun, which recomputes only what is missing"
+    )
+
+
+def _mb(n_bytes: int) -> str:
+    return f"{n_bytes / 2**20:,.1f} MB" if n_bytes >= 2**20 else f"{n_bytes / 2**10:,.0f} kB"
 
 
 def read_artifact(ref: ArtifactRef, root: Path | None = None) -> pl.DataFrame:
@@ -124,14 +155,21 @@ def write_directory(source: Path, kind: str, root: Path | None = None) -> Artifa
     files = sorted(p for p in Path(source).rglob("*") if p.is_file())
     ref = ArtifactRef(kind=kind, sha256=_directory_sha256(Path(source)), rows=len(files))
     final = ref.path(root)
-    if not final.exists():
+    if final.exists():
+        return ref
+    staging: Path | None = None
+    try:
         final.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=".tmp-"))
         shutil.copytree(source, staging, dirs_exist_ok=True)
-        try:
-            os.replace(staging, final)
-        except OSError:  # another process landed the same content first
+    except OSError as exc:
+        if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
+        raise _write_error(f"an {kind} folder", root, exc) from exc
+    try:
+        os.replace(staging, final)
+    except OSError:  # another process landed the same content first
+        shutil.rmtree(staging, ignore_errors=True)
     return ref
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from prefect import Task, task
-from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
+from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE, CachePolicy
 from prefect.futures import PrefectFuture
 from prefect.utilities.hashing import hash_objects
 from pydantic import BaseModel
@@ -97,19 +97,26 @@ class Stage:
     """A Prefect task that never hands back a stale reference.
 
     Prefect caches the small ArtifactRef a task returned, but cannot know that the Parquet file it points to
-    was deleted since. Calling a Stage checks every ref in the result and recomputes the task (refreshing its
-    cache record) when one is missing. Under `submitted_stages()` a call returns a future instead; a stale ref
-    there surfaces as ArtifactMissing in the stage that reads it. `.fn` and `.task` stay available for tests.
+    was deleted or damaged since. Calling a Stage checks every ref in the result (`is_sound`: its bytes still hash
+    to its name) and, when one is not, quarantines it and recomputes the task, refreshing its cache record.
+    Under `submitted_stages()` the same check runs on the worker: what is submitted is a small uncached task,
+    `<stage>/checked`, that calls the stage in the worker's process exactly as an in-process flow does, so Dask and
+    in-process runs heal alike. `.fn` and `.task` stay available for tests.
     """
 
     def __init__(self, prefect_task: Task):
         self.task = prefect_task
         self.fn = prefect_task.fn
         self.name = prefect_task.name
+        # Not cached and not persisted: the stage inside it owns the cache record; this only carries its result.
+        self.checked = task(self.run_checked, name=f"{self.name}/checked", cache_policy=NO_CACHE, persist_result=False)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if _SUBMIT.get():
-            return self.task.submit(*args, **kwargs)
+            return self.checked.submit(*args, **kwargs)
+        return self.run_checked(*args, **kwargs)
+
+    def run_checked(self, *args: Any, **kwargs: Any) -> Any:
         result = self.task(*args, **kwargs)
         unsound = [ref for ref in artifact_refs(result) if not is_sound(ref)]
         for ref in unsound:

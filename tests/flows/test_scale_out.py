@@ -1,4 +1,5 @@
-"""A research flow on a Dask cluster of worker processes gives the table the in-process run gives."""
+"""A research flow on a Dask cluster of worker processes gives the table the in-process run gives, and heals a
+damaged artifact as the in-process run does."""
 
 from __future__ import annotations
 
@@ -26,18 +27,32 @@ def _run(flow, cfg):
 def test_dask_workers_compute_the_same_table(pipeline, isolated_store, monkeypatch):
     _, cfg = pipeline
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
-            Client(cluster) as client, get_task_stream(client) as stream:
-        on_dask_table, states = _run(on_dask(rq1_knowledge_format, address=cluster.scheduler_address), cfg)
-    assert {s for run in states.values() for s in run} == {"Completed"}, states
-    workers = {task["worker"] for task in stream.data}
-    assert len(stream.data) >= sum(len(run) for run in states.values()) and len(workers) == 2, workers
+            Client(cluster) as client:
+        dask_flow = on_dask(rq1_knowledge_format, address=cluster.scheduler_address)
+        with get_task_stream(client) as stream:
+            on_dask_table, states = _run(dask_flow, cfg)
+        assert {s for run in states.values() for s in run} == {"Completed"}, states
+        workers = {task["worker"] for task in stream.data}
+        checked = [name for name in states if name.split("-")[0].endswith("/checked")]
+        assert len(stream.data) >= len(checked) > 0 and len(workers) == 2, (workers, checked)
+
+        # a cut predictions file: the rerun on the workers quarantines it, recomputes its stage, gives the same table
+        damaged = sorted((isolated_store / "store" / "predictions").glob("*.parquet"))[0]
+        damaged.write_bytes(damaged.read_bytes()[:1000])
+        healed_table, healed_states = _run(dask_flow, cfg)
+    assert (isolated_store / "store" / ".quarantine" / "predictions" / damaged.name).stat().st_size == 1000
+    recomputed = [name for name, run in healed_states.items() if "/checked" not in name and "Completed" in run]
+    # the damaged file's stage, and downstream of it only what its new clocks change: no knowledge, no adapter
+    downstream = ("student-predict", "predict", "score", "collect")
+    assert recomputed and all(name.startswith(downstream) for name in recomputed), healed_states
+    clocks = [*TIMING_COLUMNS, "predictions_sha256"]  # a recomputed student run carries its own seconds
+    assert healed_table.drop(clocks).equals(on_dask_table.drop(clocks))
 
     # the same flow in this process, on a fresh store and fresh cache records
     monkeypatch.setenv("KD_STORE", str(isolated_store / "store-in-process"))
     with temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: isolated_store / "results-in-process"}):
         in_process_table, _ = _run(rq1_knowledge_format, cfg)
     # Clocks differ between equal runs, and so does the hash of a predictions file that carries its rows' seconds.
-    clocks = [*TIMING_COLUMNS, "predictions_sha256"]
     differing = [c for c in on_dask_table.drop(clocks).columns if not on_dask_table[c].equals(in_process_table[c])]
     assert not differing, differing
     assert on_dask_table.filter(pl.col("method") == "student").height == 4 + 1  # the cells + the zero-shot student
