@@ -87,7 +87,8 @@ def read_bundlerec(src: Path) -> dict[str, pl.DataFrame]:
 def convert_bundlerec(tables: dict[str, pl.DataFrame], cfg: ConvertConfig, src: Path) -> Conversion:
     """The exchange tables (ITEM_COLUMNS, BUNDLE_COLUMNS) of the tables `read_bundlerec` returned for `src`."""
     session_items = _session_items(tables["session_item.csv"], src / "session_item.csv")
-    bundles, small_bundles, duplicate_bundles = _session_bundles(tables, session_items, src)
+    all_bundles = _session_bundles(tables, session_items, src)
+    bundles = all_bundles.filter(~pl.col("small") & ~pl.col("duplicate"))
 
     lengths = session_items.group_by("session_id").agg(length=pl.len())
     too_short = lengths.filter(pl.col("length") < 2)
@@ -124,6 +125,7 @@ def convert_bundlerec(tables: dict[str, pl.DataFrame], cfg: ConvertConfig, src: 
         .select(list(BUNDLE_COLUMNS))
         .cast(BUNDLE_COLUMNS)
     )
+    dropped_bundles = all_bundles.join(kept, on="session_id", how="semi")  # of the sessions written
     distinct_items = items.unique("item_id")
     return Conversion(
         items=items,
@@ -131,8 +133,8 @@ def convert_bundlerec(tables: dict[str, pl.DataFrame], cfg: ConvertConfig, src: 
         sessions_without_bundle=without_bundle,
         sessions_too_short=too_short.height,
         sessions_beyond_max=beyond_max,
-        duplicate_bundles=duplicate_bundles,
-        small_bundles=small_bundles,
+        duplicate_bundles=dropped_bundles["duplicate"].sum(),
+        small_bundles=dropped_bundles["small"].sum(),
         items_without_title=distinct_items.filter(pl.col("title") == "").height,
         items_without_category=distinct_items.filter(pl.col("category").is_null()).height,
     )
@@ -174,10 +176,9 @@ def _session_items(session_item: pl.DataFrame, path: Path) -> pl.DataFrame:
     return items.drop("row")
 
 
-def _session_bundles(
-    tables: dict[str, pl.DataFrame], session_items: pl.DataFrame, src: Path
-) -> tuple[pl.DataFrame, int, int]:
-    """One row per kept bundle (session_id, order, intent, item_ids), and how many were too small / duplicates."""
+def _session_bundles(tables: dict[str, pl.DataFrame], session_items: pl.DataFrame, src: Path) -> pl.DataFrame:
+    """One row per listed bundle: session_id, order, intent, item_ids, and whether it is to be dropped because it is
+    `small` (fewer than 2 distinct items) or a `duplicate` (an earlier bundle of its session has the same items)."""
     listing = tables["session_bundle.csv"].with_row_index("order").rename(
         {"session ID": "session_id", "bundle ID": "bundle_id"}
     )
@@ -214,11 +215,9 @@ def _session_bundles(
             f"{src / 'bundle_item.csv'}: bundle {row['bundle_id']} contains item {row['item_ids']!r}, which is not in "
             f"its session {row['session_id']} (session_item.csv)"
         )
-    big_enough = bundles.filter(pl.col("item_ids").list.len() >= 2)
-    distinct = big_enough.sort("order").filter(
-        pl.struct("session_id", pl.col("item_ids").list.sort()).is_first_distinct()
-    )
-    return distinct, bundles.height - big_enough.height, big_enough.height - distinct.height
+    small = pl.col("item_ids").list.len() < 2
+    repeated = ~pl.struct("session_id", pl.col("item_ids").list.sort()).is_first_distinct()
+    return bundles.sort("order").with_columns(small=small, duplicate=~small & repeated)
 
 
 def _refuse_twice(frame: pl.DataFrame, column: str, path: Path, name: str) -> None:

@@ -169,7 +169,8 @@ def test_tiny_release_drops_what_teaches_nothing(tmp_path: Path) -> None:
     conversion = convert_bundlerec(read_bundlerec(src), ConvertConfig(test_ratio=0.0, valid_ratio=0.0), src)
     assert conversion.items["session_id"].unique().sort().to_list() == [0, 2]
     assert (conversion.sessions_too_short, conversion.sessions_without_bundle) == (1, 1)  # session 1; session 3
-    assert (conversion.duplicate_bundles, conversion.small_bundles) == (1, 2)  # 101 repeats 100; 102 and 300
+    # 101 repeats 100, 102 has one item; 300 (one item) is not counted: its session is dropped as without a bundle
+    assert (conversion.duplicate_bundles, conversion.small_bundles) == (1, 1)
     assert conversion.bundles.rows() == [(0, 1, "Camera kit", ["10", "11"]), (2, 1, "Pair", ["30", "31"])]
     titles = dict(zip(conversion.items["item_id"], conversion.items["title"]))
     categories = dict(zip(conversion.items["item_id"], conversion.items["category"]))
