@@ -239,7 +239,8 @@ def test_bundle_item_outside_its_session_is_refused(tmp_path: Path) -> None:
         convert_bundlerec(read_bundlerec(src), ConvertConfig(), src)
 
 
-def test_ratios_that_leave_no_training_split_are_refused(tmp_path: Path, capsys) -> None:
+def test_ratios_that_leave_no_training_split_are_refused(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("KD_STORE", str(tmp_path / "store"))
     ratios = ["--test-ratio", "0.7", "--valid-ratio", "0.3"]
     with pytest.raises(SystemExit) as exit_:
         main(["convert", "bundlerec", str(tmp_path), str(tmp_path / "out"), *ratios])
