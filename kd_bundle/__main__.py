@@ -13,6 +13,7 @@ COMMANDS = {
     "distill": "kd_bundle.knowledge.distill:cli",  # distill {rules,thoughts,baseline} through the teacher
     "teacher-server": "kd_bundle.teacher.server:cli",  # start/stop/status of the embedded teacher; usage export
     "report": "kd_bundle.report.document:cli",
+    "convert": "kd_bundle.data.bundlerec:cli",  # convert bundlerec SRC OUT: a raw release -> the exchange tables
 }
 
 

@@ -50,15 +50,15 @@ def read_aicl_domain(folder: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Convert one domain of the shared data (AICL layer + BundleRec categories) to the two exchange tables."""
     aicl = folder / "aicl"
     ids = {"session_id": pl.Int64}
-    session_items = _read_csv(aicl / "session_items.csv", ["session_id", "position", "item_asin"])
-    session_items = _cast_checked(session_items, {**ids, "position": pl.Int64}, aicl / "session_items.csv")
+    session_items = read_csv_checked(aicl / "session_items.csv", ["session_id", "position", "item_asin"])
+    session_items = cast_checked(session_items, {**ids, "position": pl.Int64}, aicl / "session_items.csv")
     check_item_keys(session_items, str(aicl / "session_items.csv"))
-    split = _read_csv(aicl / "split.csv", ["session_id", "split", "prompt_titles"])
-    split = _cast_checked(split, ids, aicl / "split.csv")
+    split = read_csv_checked(aicl / "split.csv", ["session_id", "split", "prompt_titles"])
+    split = cast_checked(split, ids, aicl / "split.csv")
     check_split_listing(split, str(aicl / "split.csv"))
-    raw_titles = _read_csv(aicl / "item_titles.csv", ["item_asin", "title"])
-    truth = _read_csv(aicl / "session_bundles_dedup.csv", ["session_id", "bundle_index", "intent", "item_asins"])
-    truth = _cast_checked(truth, {**ids, "bundle_index": pl.Int64}, aicl / "session_bundles_dedup.csv")
+    raw_titles = read_csv_checked(aicl / "item_titles.csv", ["item_asin", "title"])
+    truth = read_csv_checked(aicl / "session_bundles_dedup.csv", ["session_id", "bundle_index", "intent", "item_asins"])
+    truth = cast_checked(truth, {**ids, "bundle_index": pl.Int64}, aicl / "session_bundles_dedup.csv")
     check_bundle_keys(truth, str(aicl / "session_bundles_dedup.csv"))
     leaf = _leaf_categories(folder)
 
@@ -80,7 +80,7 @@ def read_aicl_domain(folder: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
             pl.col("position").cast(pl.Int64),
             pl.col("item_asin").alias("item_id"),
             # AICL's lightly cleaned prompt titles where the session has them, the raw title otherwise.
-            pl.coalesce("prompt_title", "title").map_elements(_clean_title, return_dtype=pl.String).alias("title"),
+            pl.coalesce("prompt_title", "title").map_elements(clean_title, return_dtype=pl.String).alias("title"),
             pl.col("category"),
         )
     )
@@ -96,12 +96,12 @@ def read_aicl_domain(folder: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
 def read_exchange_tables(folder: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Read a user's own `items` and `bundles` tables (CSV or Parquet) and check their types."""
     items, items_path = _read_table(Path(folder), "items", list(ITEM_COLUMNS))
-    items = _cast_checked(items, ITEM_COLUMNS, items_path)
+    items = cast_checked(items, ITEM_COLUMNS, items_path)
     check_item_keys(items, str(items_path))
     bundles, bundles_path = _read_table(Path(folder), "bundles", list(BUNDLE_COLUMNS))
     if bundles.schema["item_ids"] == pl.String:
         bundles = bundles.with_columns(pl.col("item_ids").str.split(","))
-    bundles = _cast_checked(bundles, BUNDLE_COLUMNS, bundles_path)
+    bundles = cast_checked(bundles, BUNDLE_COLUMNS, bundles_path)
     check_bundle_keys(bundles, str(bundles_path))
     return items, bundles
 
@@ -178,8 +178,8 @@ def leaf_category(paths: str | None) -> str | None:
 
 def _leaf_categories(folder: Path) -> pl.DataFrame:
     """item_asin -> leaf category, from BundleRec's item_categories (bundle items only) via the ASIN mapping."""
-    categories = _read_csv(folder / "item_categories.csv", ["item ID", "categories"])
-    mapping = _read_csv(folder / "item_idx_mapping.csv", ["item ID", "source ID"])
+    categories = read_csv_checked(folder / "item_categories.csv", ["item ID", "categories"])
+    mapping = read_csv_checked(folder / "item_idx_mapping.csv", ["item ID", "source ID"])
     return (
         categories.join(mapping, on="item ID", how="inner")
         .select(
@@ -190,11 +190,13 @@ def _leaf_categories(folder: Path) -> pl.DataFrame:
     )
 
 
-def _clean_title(title: str | None) -> str:
+def clean_title(title: str | None) -> str:
+    """A title as the LLM reads it: HTML entities decoded (`&amp;` -> `&`), surrounding space removed."""
     return html.unescape(title or "").strip()
 
 
-def _read_csv(path: Path, required: list[str]) -> pl.DataFrame:
+def read_csv_checked(path: Path, required: list[str]) -> pl.DataFrame:
+    """A CSV file as all-string columns; a missing file or column is a one-line DataError naming it."""
     if not path.exists():
         raise DataError(f"{path}: file not found")
     try:
@@ -218,7 +220,8 @@ def _read_table(folder: Path, stem: str, required: list[str]) -> tuple[pl.DataFr
     raise DataError(f"{folder}: neither {stem}.parquet nor {stem}.csv found")
 
 
-def _cast_checked(frame: pl.DataFrame, schema: dict[str, pl.DataType], where: Path) -> pl.DataFrame:
+def cast_checked(frame: pl.DataFrame, schema: dict[str, pl.DataType], where: Path) -> pl.DataFrame:
+    """Cast columns to `schema`; a value that does not fit is a DataError naming the file, column and first row."""
     out = frame
     for column, dtype in schema.items():
         try:
