@@ -304,8 +304,10 @@ class Plan:
                else self.pooled_sessions(cell.domain, sources))
         knowledge = {"sessions": raw, **{f: raw if f == "raw" else self.pool(cell.domain, sources, f, *pool)
                                          for f in used}} if used else {}
+        # What the test prompt retrieved from, as `predictions` asked for it (memoised refs).
+        prompt = [self.pool(cell.domain, sources, f, *pool) for f in self.test_prompt(cell).formats]
         return score_predictions(self.sessions(cell.domain), predictions, labels, adapter=adapter,
-                                 knowledge=knowledge, teacher=self.cfg.teacher)
+                                 knowledge=knowledge, teacher=self.cfg.teacher, prompt_knowledge=prompt)
 
     def reference_rows(self, domain: str) -> list[ArtifactRef]:
         """The rows every table carries: the two non-LLM baselines, the positional references (no title read), the

@@ -64,18 +64,23 @@ def teacher_predict(sessions: ArtifactRef, cfg: teacher_baseline.TeacherPredictC
 def score_predictions(all_sessions: ArtifactRef, predictions: ArtifactRef, labels: results.CellLabels,
                       split: str = "test", *, adapter: ArtifactRef | None = None,
                       knowledge: dict[str, ArtifactRef] | None = None, teacher: TeacherConfig | None = None,
-                      teacher_usage: ArtifactRef | None = None) -> ArtifactRef:
+                      teacher_usage: ArtifactRef | None = None,
+                      prompt_knowledge: list[ArtifactRef] | None = None) -> ArtifactRef:
     """One results row: scores, per-session lists, and the cost and quantity columns of what the row used.
 
     `adapter`: the student's adapter (training stats); `knowledge`: format -> the pool the row drew on (quantities,
     and for rules / thoughts the extraction usage, looked up in the request cache with `teacher`'s request keys),
     plus "sessions" -> the training sessions behind them (counted only: raw examples are knowledge when "raw" is used);
     `teacher_usage`: the usage frame of teacher inference (teacher rows). Without them the columns stay null.
+    `adapter` and `prompt_knowledge` (the pools the prompt retrieved from, in prompt order) are recorded by hash, so
+    that `python -m kd_bundle generate --student best:...` can apply the row's student to new sessions.
     """
     target = split_of(read_artifact(all_sessions), split)
     frame = read_artifact(predictions)
     per_session = metrics.session_scores(frame, target)
-    extra = {**metrics.session_lists(per_session), **costs.inference_usage(frame)}
+    extra = {**metrics.session_lists(per_session), **costs.inference_usage(frame),
+             "adapter_sha256": adapter.sha256 if adapter is not None else "",
+             "knowledge_sha256": results.knowledge_provenance([(r.kind, r.sha256) for r in prompt_knowledge or []])}
     if labels.method in ("student", "teacher"):
         extra.update(costs.read_train_stats(adapter.path() if adapter is not None else None))
     if teacher_usage is not None:

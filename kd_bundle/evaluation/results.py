@@ -28,6 +28,9 @@ RESULT_SCHEMA: dict[str, pl.DataType] = {
     "teacher_tokens": pl.Int64,  # teacher inference: prompt + completion tokens behind this row's predictions
     "wall_seconds": pl.Float64,  # inference seconds behind the predictions (student generation or teacher latency)
     "predictions_sha256": pl.String,
+    # what the predictions were made with, so a row can be applied again (python -m kd_bundle generate --student best:)
+    "adapter_sha256": pl.String,  # the stored adapter folder ("adapter" kind); "" = no adapter
+    "knowledge_sha256": pl.String,  # "+"-joined kind:sha256 of the pools the prompt retrieved from; "" = none
     # costs; null = not measured (baselines, artifacts older than the measurement)
     "inference_prompt_tokens": pl.Int64,  # summed over sessions
     "inference_new_tokens": pl.Int64,
@@ -76,8 +79,9 @@ QUANTITY_COLUMNS = ["train_sessions", "teacher_sessions", "pattern_lines", "rule
                     "knowledge_failed", "knowledge_truncated", "feedback_rounds"]
 SESSION_COLUMNS = ["session_ids", "session_scored", "session_precision", "session_recall", "session_hits",
                    "session_coverage_sum", "session_strict_recall", "session_strict_coverage"]
+PROVENANCE_COLUMNS = ["adapter_sha256", "knowledge_sha256"]  # null in a table written before they existed
 OPTIONAL_COLUMNS = (COST_COLUMNS + TRAINING_COLUMNS + QUANTITY_COLUMNS + ["sampling_seed", "training_seed"]
-                    + SESSION_COLUMNS + CURVE_COLUMNS)
+                    + SESSION_COLUMNS + CURVE_COLUMNS + PROVENANCE_COLUMNS)
 METRIC_COLUMNS = ["precision", "recall", "coverage", "strict_precision", "strict_recall", "strict_coverage"]
 # the labels that make one configuration: rows equal on these are repeats of it (seeds, reruns)
 CONFIG_COLUMNS = ["domain", "rq", "method", "model", "knowledge_format", "strategy", "ratio", "utilization"]
@@ -92,6 +96,7 @@ _DEFAULTS: dict[str, Any] = {
     "wall_seconds": None,  # not measured (0 would read as free)
     "predictions_sha256": "",
     **{c: None for c in OPTIONAL_COLUMNS},
+    **dict.fromkeys(PROVENANCE_COLUMNS, ""),  # known to be none unless the scoring stage says otherwise
 }
 
 
@@ -135,6 +140,16 @@ def scored_row(labels: CellLabels, scores: dict[str, Any], predictions_sha256: s
     quantities, per-session lists); an `extra` key outside RESULT_SCHEMA is an error."""
     metrics = {k: v for k, v in scores.items() if k in RESULT_SCHEMA}
     return result_row(**labels.model_dump(), **metrics, **(extra or {}), predictions_sha256=predictions_sha256)
+
+
+def knowledge_provenance(pools: list[tuple[str, str]]) -> str:
+    """The `knowledge_sha256` cell: (artifact kind, sha256) of each pool a prompt retrieved from, in prompt order."""
+    return "+".join(f"{kind}:{sha256}" for kind, sha256 in pools)
+
+
+def provenance_pools(text: str | None) -> list[tuple[str, str]]:
+    """`knowledge_provenance` read back: [(kind, sha256)], [] for "" (none) or null (not recorded)."""
+    return [tuple(part.split(":", 1)) for part in (text or "").split("+") if part]  # type: ignore[misc]
 
 
 def conform(results: pl.DataFrame) -> pl.DataFrame:
