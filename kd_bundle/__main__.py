@@ -14,6 +14,7 @@ COMMANDS = {
     "teacher-server": "kd_bundle.teacher.server:cli",  # start/stop/status of the embedded teacher; usage export
     "report": "kd_bundle.report.document:cli",
     "convert": "kd_bundle.data.bundlerec:cli",  # convert bundlerec SRC OUT: a raw release -> the exchange tables
+    "generate": "kd_bundle.student.apply:cli",  # a student's bundles for sessions without bundles
 }
 
 
