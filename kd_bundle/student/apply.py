@@ -134,7 +134,8 @@ def cli(argv: list[str]) -> int:
             raise DataError(f"--knowledge {','.join(args.knowledge)}: the adapter's prompts carry "
                             f"{list(chosen.icl.formats) or 'no knowledge'} (as in its training); leave --knowledge out")
         chosen = chosen.model_copy(update={"icl": chosen.icl.model_copy(update={"formats": tuple(args.knowledge)})})
-    updates = {"intents": args.intents, **({"batch_size": args.batch_size} if args.batch_size else {})}
+    updates = {"intents": args.intents, **{key: value for key, value in (("batch_size", args.batch_size),
+               ("max_new_tokens", args.max_new_tokens)) if value is not None}}
     chosen = chosen.model_copy(update={"student": chosen.student.model_copy(update=updates)})
     _say(f"student: {chosen.description}; prompt knowledge: {list(chosen.icl.formats) or 'none'}")
     train = training_sessions(args.train, chosen, settings().data_root)
@@ -170,6 +171,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", help="the base model's name or folder (default: the student's own).")
     parser.add_argument("--retrieval", default="auto", choices=["auto", "minilm", "tfidf"])
     parser.add_argument("--batch-size", type=_positive, default=None, help="prompts generated together.")
+    parser.add_argument("--max-new-tokens", type=_positive, default=None, help="cap on each answer's tokens.")
     parser.add_argument("--progress-every", type=_positive, default=10,
                         help="one progress line per this many sessions.")
     return parser
