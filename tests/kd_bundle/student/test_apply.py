@@ -150,7 +150,8 @@ def test_icl_retrieves_the_nearest_training_sessions_as_the_grid_does(electronic
     retrieved = retrieve_knowledge(frame, embeddings, build_index(embeddings, frame), {"raw": frame}, cfg)
     grid = predict_sessions(frame, retrieved, student, ICLConfig(formats=("raw",)))
     predicted = read_predictions_jsonl(out)
-    assert predicted.select("session_id", "raw", "prompt_tokens").equals(grid.select("session_id", "raw", "prompt_tokens"))
+    same = ["session_id", "raw", "prompt_tokens"]
+    assert predicted.select(same).equals(grid.select(same))
     assert (predicted["prompt_tokens"] > 400).all()  # three demonstrations are in the prompt
 
 
@@ -172,8 +173,8 @@ def test_best_row_is_the_lowest_validation_loss_never_a_test_score(truth, adapte
     row, rated = best_row(results)
     assert (row["row"], row["valid_loss"], rated) == (2, 0.4, 2)
     out = tmp_path / "bundles.jsonl"
-    code, err = _generate(capsys, "--student", f"best:{results}", "--sessions", str(_new_items(truth, tmp_path / "n.csv")),
-                          "--out", str(out))
+    items = _new_items(truth, tmp_path / "n.csv")
+    code, err = _generate(capsys, "--student", f"best:{results}", "--sessions", str(items), "--out", str(out))
     assert code == 0, err
     assert f"row 2 [electronic rq1 student raw sft all 1.0], adapter {stored.sha256[:12]}" in err
     assert read_predictions_jsonl(out).height == N_NEW
@@ -209,3 +210,26 @@ def test_bad_input_is_one_line_naming_it(truth, tmp_path, capsys, breakage, expe
     if breakage != "no title column":
         assert "row " in err and ("999999" in err or str(frame["session_id"][1]) in err)
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_the_real_smollm2_base_answers_three_new_sessions(truth, tmp_path, capsys) -> None:
+    out = tmp_path / "bundles.jsonl"
+    code, err = _generate(capsys, "--student", "base", "--sessions", str(_new_items(truth, tmp_path / "new.csv")),
+                          "--out", str(out))
+    assert code == 0, err
+    predicted = read_predictions_jsonl(out)
+    assert predicted.height == N_NEW and predicted["bundles"].null_count() == 0  # the grammar: every answer parses
+    assert "zero-shot base student 'smollm2'" in err
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (("--knowledge", "raw"), "give --train"),
+    (("--knowledge", "rules", "--train", "electronic"), "only the teacher distils"),
+    (("--knowledge", "raw", "--train", "nowhere"), "neither a domain"),
+])
+def test_knowledge_without_its_source_is_refused_in_one_line(truth, tmp_path, capsys, flags, expected) -> None:
+    code, err = _generate(capsys, "--student", "base", "--sessions", str(_new_items(truth, tmp_path / "new.csv")),
+                          "--out", str(tmp_path / "bundles.jsonl"), *flags)
+    assert code == 2 and expected in err and len(err.strip().splitlines()) == 2, err  # the student line, the error
+    assert not (tmp_path / "bundles.jsonl").exists()
