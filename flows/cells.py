@@ -13,7 +13,7 @@ from prefect.context import FlowRunContext
 from pydantic import BaseModel, Field, model_validator
 
 from kd_bundle import grid
-from kd_bundle.config import BaselineConfig, DataConfig, PatternConfig, reject_unknown_keys, settings
+from kd_bundle.config import BaselineConfig, DataConfig, Domain, PatternConfig, reject_unknown_keys, settings
 from kd_bundle.evaluation.baselines import BASELINE_METHODS, baseline_label
 from kd_bundle.evaluation.results import CellLabels
 from kd_bundle.evaluation.teacher_baseline import TeacherPredictConfig
@@ -54,6 +54,9 @@ class PipelineConfig(BaseModel, frozen=True, extra="forbid"):
         reject_unknown_keys(cls, data, "pipeline")  # nested blocks too, also those that do not forbid extras
         return data
 
+    data_dirs: dict[Domain, str] = Field(
+        {}, description="Your own data: domain label -> folder of items / bundles tables (docs/data.md). A label "
+        "not listed is a shipped domain. The flows fill it from their data_dir parameter.")
     max_train_sessions: int | None = Field(
         None, ge=1, description="The knowledge pool: training sessions per domain that raw examples, patterns, "
         "retrieval and SFT draw on, and that the sampling strategies and ratios act on (None = the whole split).")
@@ -113,8 +116,8 @@ class Plan:
         return self._memo[key]
 
     def sessions(self, domain: str) -> ArtifactRef:
-        data = DataConfig(domain=domain, max_train_sessions=self.cfg.max_train_sessions,
-                          max_test_sessions=self.cfg.max_test_sessions)
+        data = DataConfig(domain=domain, custom_dir=self.cfg.data_dirs.get(domain),
+                          max_train_sessions=self.cfg.max_train_sessions, max_test_sessions=self.cfg.max_test_sessions)
         return self._once(("sessions", domain), lambda: load_sessions(data, settings().data_root))
 
     def pooled_sessions(self, domain: str | None, sources: tuple[str, ...], strategy: str = "all",
@@ -350,6 +353,6 @@ def evaluate_cells(cells: list[grid.Cell], cfg: PipelineConfig, key: str) -> Art
         rows = [row for domain in dict.fromkeys(c.domain for c in cells) for row in plan.reference_rows(domain)]
         rows += [plan.score_cell(cell) for cell in cells]
         table = resolved(collect_results(rows))
-    publish_results(table, key, settings().results_dir)
+    publish_results(table, key, settings().results_dir, cfg.data_dirs)
     publish_report(table, key, settings().results_dir)
     return table
