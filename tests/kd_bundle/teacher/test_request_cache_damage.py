@@ -21,8 +21,7 @@ from pathlib import Path
 import pytest
 
 from kd_bundle.cli_errors import EXIT_DATA_ERROR, run_cli
-from kd_bundle.teacher import RequestCache, TeacherClient, TeacherConfig, request_cache_path
-from kd_bundle.teacher.request_cache import RequestCacheLocked
+from kd_bundle.teacher import RequestCache, RequestCacheLocked, TeacherClient, TeacherConfig, request_cache_path
 from tests.kd_bundle.openai_stub import StubOpenAI, teacher_env  # noqa: F401  (fixtures are used by name)
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -201,7 +200,8 @@ def test_a_write_lock_held_by_another_run_is_one_clear_error_and_never_damage(tm
     cache.close()
 
 
-def test_an_exclusive_lock_stops_the_open_in_one_line_and_leaves_the_file_alone(tmp_path, teacher_env, capsys):
+@pytest.mark.usefixtures("teacher_env")
+def test_an_exclusive_lock_stops_the_open_in_one_line_and_leaves_the_file_alone(capsys):
     path = request_cache_path()
     _filled(path, 20)
     before = path.read_bytes()
@@ -251,7 +251,8 @@ def test_two_processes_writing_one_cache_at_once_lose_nothing(tmp_path):
     cache.close()
 
 
-def test_the_run_after_damage_pays_only_for_the_lost_answers_and_gives_the_same_results(teacher_env, monkeypatch):
+@pytest.mark.usefixtures("teacher_env")
+def test_the_run_after_damage_pays_only_for_the_lost_answers_and_gives_the_same_results(monkeypatch):
     cfg = TeacherConfig(model="stub-teacher", max_tokens=64)
     prompts = [f"prompt {i} " + "p" * 300 for i in range(80)]
     with StubOpenAI(lambda messages: "bundle1: " + messages[-1]["content"][:10]) as stub:
