@@ -274,3 +274,38 @@ def test_the_run_after_damage_pays_only_for_the_lost_answers_and_gives_the_same_
             progress = client.progress()
     assert again == first
     assert 0 < lost == stub.attempts == progress.sent and progress.cached == len(prompts) - lost
+
+
+_FAKE_SHELL = '''
+import sqlite3, sys
+if sys.argv[2:] == [".recover"]:  # what .recover prints: the table's rows, and lost_and_found for orphaned cells
+    print("""BEGIN;
+CREATE TABLE answers (request_key TEXT PRIMARY KEY, model TEXT, endpoint TEXT, request TEXT, text TEXT,
+  finish_reason TEXT, prompt_tokens INTEGER, completion_tokens INTEGER, cost REAL, latency_s REAL, answered_at REAL);
+INSERT INTO "answers" VALUES('in-tree','m','e','r','answer in the tree','stop',1,2,0.0,0.1,1.0);
+CREATE TABLE "lost_and_found"(rootpgno INTEGER, pgno INTEGER, nfield INTEGER, id INTEGER,
+  c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10);
+INSERT INTO "lost_and_found" VALUES(2,7,11,5,'orphan','m','e','r','answer on a cut-off page','stop',3,4,0.0,0.1,2.0);
+INSERT INTO "lost_and_found"(rootpgno, pgno, nfield, id, c0, c1) VALUES(3,8,2,NULL,'an index cell',5);
+COMMIT;""")
+else:  # `sqlite3 OUT < script`
+    sqlite3.connect(sys.argv[1]).executescript(sys.stdin.read())
+'''
+
+
+def test_rows_the_shells_recover_finds_are_carried_over_orphaned_pages_included(tmp_path, monkeypatch, caplog):
+    """The plumbing around `.recover` (Debian's shell cannot run it): a stand-in shell prints what it would."""
+    shell = tmp_path / "bin" / "sqlite3"
+    shell.parent.mkdir()
+    shell.write_text(f"#!{sys.executable}\n{_FAKE_SHELL}")
+    shell.chmod(0o755)
+    monkeypatch.setenv("PATH", str(shell.parent))
+    path = tmp_path / "requests.sqlite"
+    path.write_bytes(b"\x00" * 8192)  # the header is gone: no row can be reached through the table
+    with caplog.at_level(logging.WARNING, logger="kd_bundle.teacher"):
+        cache = RequestCache(path)
+    assert "2 answers salvaged" in caplog.records[0].getMessage()
+    assert tuple(cache.get("in-tree")) == ("answer in the tree", "stop", 1, 2)
+    assert tuple(cache.get("orphan")) == ("answer on a cut-off page", "stop", 3, 4)
+    assert len(cache) == 2
+    cache.close()
