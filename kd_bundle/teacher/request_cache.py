@@ -95,17 +95,24 @@ class RequestCache:
             db, problem = self._connect_checked()
             if db is not None:
                 return db
+            # Salvage before the move: if reading fails, the file is still where the next run will look for it.
+            rows = salvage_rows(self.path, "answers", ANSWER_COLUMNS)
             damaged = move_aside(self.path)
-            rows = salvage_rows(damaged, "answers", ANSWER_COLUMNS)
             db, again = self._connect_checked()
             if db is None:
-                raise RequestCacheDamaged(f"request cache {self.path}: a fresh database cannot be made there ({again})")
-            with self._guarded():
-                db.execute("BEGIN IMMEDIATE")
-                # OR IGNORE: a run that started meanwhile may already have written a newer answer for a key
-                db.executemany(f"INSERT OR IGNORE INTO answers ({', '.join(ANSWER_COLUMNS)}) "
-                               f"VALUES ({', '.join('?' * len(ANSWER_COLUMNS))})", rows)
-                db.execute("COMMIT")
+                raise RequestCacheDamaged(f"request cache {self.path}: a fresh database cannot be made there "
+                                          f"({again}); the damaged one is kept as {damaged}")
+            try:
+                with self._guarded():
+                    db.execute("BEGIN IMMEDIATE")
+                    # OR IGNORE: a run that started meanwhile may already have written a newer answer for a key
+                    db.executemany(f"INSERT OR IGNORE INTO answers ({', '.join(ANSWER_COLUMNS)}) "
+                                   f"VALUES ({', '.join('?' * len(ANSWER_COLUMNS))})", rows)
+                    db.execute("COMMIT")
+            except RequestCacheError as exc:
+                db.close()  # rolls the half-written transaction back
+                raise type(exc)(f"{exc}; the {len(rows)} answers salvaged from the damaged cache are still only in "
+                                f"{damaged}") from exc
         log.warning("request cache %s is damaged (%s): moved aside to %s; %d answers salvaged into a fresh cache, "
                     "the rest are asked again", self.path, problem, damaged.name, len(rows))
         return db

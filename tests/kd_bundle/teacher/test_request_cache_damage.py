@@ -251,6 +251,36 @@ def test_two_processes_writing_one_cache_at_once_lose_nothing(tmp_path):
     cache.close()
 
 
+def test_two_runs_that_open_one_damaged_cache_at_once_repair_it_once(tmp_path):
+    path, go = tmp_path / "requests.sqlite", tmp_path / "go"
+    _filled(path)
+    page_size, _, page_of = _pages(path)
+    hit = sorted(set(page_of.values()))[5]
+    with open(path, "r+b") as fh:
+        fh.seek((hit - 1) * page_size)
+        fh.write(b"\xff" * 8)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # A salvage as slow as on a big cache, so that both runs find the damage before either has repaired it
+    slow = textwrap.dedent("""
+        import time
+        from kd_bundle.teacher import cache_salvage, request_cache
+        def slow_salvage(*args, _salvage=cache_salvage.salvage_rows):
+            time.sleep(0.5)
+            return _salvage(*args)
+        request_cache.salvage_rows = slow_salvage
+    """)
+    runs = [subprocess.Popen([sys.executable, "-c", slow + _WRITER, str(path), worker, "5", "0", str(go)], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for worker in ("a", "b")]
+    go.touch()
+    results = [run.communicate(timeout=120) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], [err for _, err in results]
+    assert len(list(tmp_path.glob("requests.sqlite.damaged-*"))) == 1  # the second run found the fresh file sound
+    cache = RequestCache(path)
+    readable = {key for key, page in page_of.items() if page != hit}
+    assert set(cache.usage()["request_key"]) == readable | {f"{w}-{i}" for w in ("a", "b") for i in range(5)}
+    cache.close()
+
+
 @pytest.mark.usefixtures("teacher_env")
 def test_the_run_after_damage_pays_only_for_the_lost_answers_and_gives_the_same_results(monkeypatch):
     cfg = TeacherConfig(model="stub-teacher", max_tokens=64)
