@@ -153,7 +153,7 @@ def gc(root: Path | None, records_dirs: list[Path], dry_run: bool = False, resul
     now = time.time() if now is None else now
     artifacts = stored_artifacts(root)
     tables = {a.sha256: a.path for a in artifacts if a.path.is_file()}
-    live, records, opaque = live_hashes(records_dirs, results_dir, tables)
+    live, records, opaque = live_hashes(records_dirs, results_dir, {a.sha256 for a in artifacts}, tables)
     removed: dict[str, KindTally] = {}
     kept_young = 0
     for artifact in artifacts:

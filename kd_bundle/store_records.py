@@ -99,11 +99,13 @@ def hashes_in_tables(paths: list[Path]) -> set[str]:
     return {h for h in found if HASH.fullmatch(h)}
 
 
-def live_hashes(records_dirs: list[Path], results_dir: Path | None, tables: dict[str, Path]
+def live_hashes(records_dirs: list[Path], results_dir: Path | None, stored: set[str], tables: dict[str, Path]
                 ) -> tuple[set[str], int, int]:
-    """(live hashes, records read, opaque records), given the store's Parquet artifacts by hash (`tables`).
+    """(live hashes, records read, opaque records), given the hashes of the store's artifacts and its Parquet files
+    by hash (`tables`).
 
-    Raises GcRefused when a folder is missing or holds no record: everything would look unreferenced."""
+    Raises GcRefused when a folder is missing, holds no record, or its records name none of the store's artifacts
+    (another project's records, a default ~/.prefect/storage): everything would look unreferenced."""
     live: set[str] = set()
     records = opaque = 0
     for folder in records_dirs:
@@ -122,6 +124,9 @@ def live_hashes(records_dirs: list[Path], results_dir: Path | None, tables: dict
     if records == opaque:
         raise GcRefused(f"none of the {records} files in {', '.join(map(str, records_dirs))} is a Prefect JSON result "
                         "record: nothing was removed (is it the folder Prefect writes results to?)")
+    if stored and not live & stored:
+        raise GcRefused(f"none of the {records} records in {', '.join(map(str, records_dirs))} names an artifact of "
+                        f"this store ({len(stored)} artifacts): nothing was removed (are they this store's records?)")
     if results_dir is not None and results_dir.is_dir():
         live |= hashes_in_tables(sorted(results_dir.rglob("*.parquet")))
     # A live table that names another artifact (a results artifact's predictions) keeps that one alive too.

@@ -182,8 +182,11 @@ def test_gc_refuses_without_records_and_removes_nothing(store, tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "not-records").mkdir()
     (tmp_path / "not-records" / "notes.txt").write_text("hello")
+    other = ArtifactRef(kind="predictions", sha256="e" * 64, rows=1)  # another project's records
+    prefect_record(tmp_path / "other-project", "f" * 32, ref_value(other))
     for folder, says in ((tmp_path / "missing", "no records folder"), (tmp_path / "empty", "holds no result record"),
-                         (tmp_path / "not-records", "is a Prefect JSON result record")):
+                         (tmp_path / "not-records", "is a Prefect JSON result record"),
+                         (tmp_path / "other-project", "names an artifact of")):
         with pytest.raises(GcRefused, match=says):
             gc(store["root"], [folder], results_dir=store["published"])
     assert _tree(store["root"]) == before
