@@ -36,7 +36,6 @@ class StoredArtifact(BaseModel, frozen=True):
     sha256: str
     path: Path
     bytes: int
-    mtime: float
 
 
 class BadArtifact(BaseModel, frozen=True):
@@ -91,8 +90,7 @@ def stored_artifacts(root: Path) -> list[StoredArtifact]:
             stem = path.name if is_directory_kind else path.name.removesuffix(".parquet")
             if not HASH.fullmatch(stem) or (not is_directory_kind and not path.name.endswith(".parquet")):
                 continue
-            found.append(StoredArtifact(kind=folder.name, sha256=stem, path=path, bytes=_size(path),
-                                        mtime=path.stat().st_mtime))
+            found.append(StoredArtifact(kind=folder.name, sha256=stem, path=path, bytes=_size(path)))
     return found
 
 
@@ -159,7 +157,9 @@ def gc(root: Path | None, records_dirs: list[Path], dry_run: bool = False, resul
     for artifact in artifacts:
         if artifact.sha256 in live:
             continue
-        if now - artifact.mtime < keep_newer_than_s:
+        if not artifact.path.exists():  # gone meanwhile (another gc, a quarantine)
+            continue
+        if now - artifact.path.stat().st_mtime < keep_newer_than_s:  # stat again: rewritten while records were read
             kept_young += 1
             continue
         doomed = [artifact.path, *companions(artifact)]

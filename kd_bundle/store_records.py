@@ -54,19 +54,21 @@ def record_hashes(path: Path) -> tuple[set[str], bool]:
 
     A record is `{"metadata": {"serializer": {"type": ...}}, "result": "<serialized value>"}`; the JSON serializer
     writes an ArtifactRef as `{"__class__": "kd_bundle.store.ArtifactRef", "data": {"kind", "sha256", "rows"}}`
-    and a model holding refs with plain `{"kind", "sha256", "rows"}` inside. Anything else (a pickled result, a
-    stray file) is scanned for 64-hex strings instead: a false hit keeps an artifact, it never removes one.
+    and a model holding refs with plain `{"kind", "sha256", "rows"}` inside. Every 64-hex string of the file counts
+    as well (a hash returned as a plain string), and it is all there is for anything else (a pickled result, a stray
+    file): a false hit keeps an artifact, it never removes one.
     """
     raw = path.read_bytes()
+    in_text = _hashes_in_bytes(raw)
     try:
         record = json.loads(raw)
         serializer = record["metadata"]["serializer"]["type"]
         payload = record["result"]
         if serializer == "json":
-            return set(_refs_in(json.loads(payload))), True
-        return _hashes_in_bytes(base64.b64decode(payload, validate=False) + raw), False
+            return set(_refs_in(json.loads(payload))) | in_text, True
+        return _hashes_in_bytes(base64.b64decode(payload, validate=False)) | in_text, False
     except (ValueError, KeyError, TypeError):
-        return _hashes_in_bytes(raw), False
+        return in_text, False
 
 
 def _refs_in(value: object) -> Iterator[str]:
@@ -117,7 +119,11 @@ def live_hashes(records_dirs: list[Path], results_dir: Path | None, stored: set[
             raise GcRefused(f"records folder {folder} holds no result record: every artifact would look unreferenced, "
                             "so nothing was removed (is it the folder Prefect writes results to?)")
         for file in files:
-            hashes, readable = record_hashes(file)
+            try:
+                hashes, readable = record_hashes(file)
+            except OSError as exc:
+                raise GcRefused(f"cannot read record {file} ({exc.strerror or exc}): what it names is unknown, so "
+                                "nothing was removed") from None
             live |= hashes
             records += 1
             opaque += not readable
