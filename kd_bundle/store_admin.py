@@ -2,11 +2,11 @@
 
 verify re-hashes every artifact and names each one whose bytes no longer match its name; --repair moves those to
 `<store>/.quarantine/` (the stage that made one recomputes it on the next run). gc removes artifacts that no cache
-record still points at: a grid run leaves every superseded stage output behind. The live set is every hash named by
-a Prefect result record (kd_bundle.store_records), by a published results table under
-`settings().results_dir`, or by a `*_sha256` column of a live artifact. gc refuses outright when it finds no
-records, since everything would then look unreferenced; it keeps what is younger than `keep_newer_than_s` (a run in
-progress writes its artifact before its record) and never touches `teacher/`, `.quarantine/`, `.logs/`, `.locks/`.
+record still points at (outputs of failed or killed stages, of refreshed or deleted records). The live set is every
+hash named by a Prefect result record (kd_bundle.store_records), by a published results table under
+`settings().results_dir`, or by a `*_sha256` column of a live artifact. gc refuses outright when it finds no records,
+since everything would then look unreferenced; it keeps what is younger than `keep_newer_than_s` (a run in progress
+writes its artifact before its record) and never touches `teacher/`, `.quarantine/`, `.logs/`, `.locks/`.
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ def gc(root: Path | None, records_dirs: list[Path], dry_run: bool = False, resul
             continue
         if not artifact.path.exists():  # gone meanwhile (another gc, a quarantine)
             continue
-        if now - artifact.path.stat().st_mtime < keep_newer_than_s:  # stat again: rewritten while records were read
+        if now - artifact.path.stat().st_mtime < keep_newer_than_s:  # a run may have rewritten it meanwhile
             kept_young += 1
             continue
         doomed = [artifact.path, *companions(artifact)]
