@@ -214,19 +214,23 @@ def human_bytes(n: float) -> str:
     raise AssertionError("unreachable")
 
 
+def _artifacts(n: int) -> str:
+    return f"{n} artifact" + ("" if n == 1 else "s")
+
+
 def verify_lines(report: VerifyReport) -> list[str]:
     lines = [f"{b.kind} {b.name}: {b.problem}" + (f"; moved to {b.quarantined_to}" if b.quarantined_to else "")
              for b in report.bad]
     verdict = (f"{len(report.bad)} bad, quarantined" if report.repaired and report.bad
                else f"{len(report.bad)} bad" + (" (rerun with --repair to quarantine them)" if report.bad else ""))
-    lines.append(f"checked {report.checked} artifacts, {human_bytes(report.bytes)} in {report.seconds:.2f} s: "
+    lines.append(f"checked {_artifacts(report.checked)}, {human_bytes(report.bytes)} in {report.seconds:.2f} s: "
                  f"{verdict}")
     return lines
 
 
 def gc_lines(report: GcReport) -> list[str]:
     verb = "would remove" if report.dry_run else "removed"
-    lines = [f"{kind}: {verb} {t.artifacts} artifacts, {human_bytes(t.bytes)}"
+    lines = [f"{kind}: {verb} {_artifacts(t.artifacts)}, {human_bytes(t.bytes)}"
              for kind, t in sorted(report.removed.items())]
     if report.tmp_removed.artifacts:
         lines.append(f"interrupted writes (.tmp-*): {verb} {report.tmp_removed.artifacts}, "
@@ -235,7 +239,7 @@ def gc_lines(report: GcReport) -> list[str]:
     count = sum(t.artifacts for t in report.removed.values())
     opaque = f", {report.opaque_records} not JSON (scanned for hashes)" if report.opaque_records else ""
     young = f"; kept {report.kept_young} unreferenced ones too young to collect" if report.kept_young else ""
-    lines.append(f"{verb} {count} artifacts, {human_bytes(total)} freed from {report.root}; {report.live} hashes live "
+    lines.append(f"{verb} {_artifacts(count)} ({human_bytes(total)}) from {report.root}; {report.live} hashes live "
                  f"in {report.records} records{opaque} ({', '.join(map(str, report.records_dirs))}){young}")
     return lines
 

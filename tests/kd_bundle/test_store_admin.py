@@ -213,7 +213,7 @@ def test_store_commands_through_the_cli(store, monkeypatch, capsys):
     assert "moved to" in capsys.readouterr().out and not damaged["sessions"].exists()
     assert main(["store", "gc", "--dry-run", "--records", str(store["records"])]) == 0
     out = capsys.readouterr().out
-    assert "predictions: would remove 1 artifacts" in out and "adapter: would remove 1 artifacts" in out
+    assert "predictions: would remove 1 artifact, " in out and "adapter: would remove 1 artifact, " in out
     assert store["dead"].path(store["root"]).exists()
     assert main(["store", "gc", "--records", str(store["root"] / "nowhere")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
