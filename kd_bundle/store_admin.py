@@ -269,6 +269,6 @@ def cli(argv: list[str]) -> int:
         results = args.results if args.results is not None else settings().results_dir
         print("\n".join(gc_lines(gc(args.store, records, dry_run=args.dry_run, results_dir=results))))
         return 0
-    except (GcRefused, FileNotFoundError) as exc:
+    except (GcRefused, OSError) as exc:  # a missing store, a file gc cannot remove: one line, never a traceback
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
