@@ -14,6 +14,7 @@ COMMANDS = {
     "teacher-server": "kd_bundle.teacher.server:cli",  # start/stop/status of the embedded teacher; usage export
     "report": "kd_bundle.report.document:cli",
     "convert": "kd_bundle.data.bundlerec:cli",  # convert bundlerec SRC OUT: a raw release -> the exchange tables
+    "store": "kd_bundle.store_admin:cli",  # store verify [--repair]; store gc [--dry-run]
 }
 
 
