@@ -4,8 +4,8 @@
 
 The server is llama.cpp's (llama-cpp-python[server]), the one the embedded teacher runs, behind the same small layer
 that takes OpenAI's `json_schema` response_format (kd_bundle.teacher.llama_server): it decodes under the schema's
-grammar, so an answer always parses. `transformers serve` rejects `response_format` outright and llm-katan ignores
-it (docs/student.md, "Export and serve the distilled student", has the comparison). llama.cpp serves GGUF, so the
+grammar, so an answer always parses. `transformers serve` and llm-katan both ignore `response_format`
+(docs/student.md, "Export and serve the distilled student", has the comparison). llama.cpp serves GGUF, so the
 folder is converted once by llama.cpp's own converter (convert_hf_to_gguf.py of the same llama.cpp release the server
 is built from, installed by `make install`) into `<FOLDER>.<weights hash>.<outtype>.gguf` beside it; a later start
 reuses that file, and a re-exported folder (other weights) gets a new one.
