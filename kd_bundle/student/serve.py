@@ -21,6 +21,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -76,13 +77,19 @@ def convert_to_gguf(folder: Path, outtype: str = "auto") -> Path:
         done = subprocess.run([sys.executable, str(script), str(folder), "--outtype", outtype, "--outfile", partial],
                               capture_output=True, text=True, stdin=subprocess.DEVNULL)
         if done.returncode != 0:
-            lines = [line for line in done.stderr.splitlines() if line.strip() and not line.startswith("INFO")]
-            raise ServerError(f"{folder}: llama.cpp's converter failed ({lines[-1] if lines else done.returncode}); "
+            raise ServerError(f"{folder}: llama.cpp's converter failed ({converter_error(done)}); "
                               "llama.cpp knows the tokenizers of published models, not every locally trained one")
         os.replace(partial, target)
     finally:
         Path(partial).unlink(missing_ok=True)
     return target
+
+
+def converter_error(done: subprocess.CompletedProcess) -> str:
+    """The exception line of a failed conversion (its progress bars share stderr), else the exit code."""
+    lines = [line.split("\r")[0].strip() for line in done.stderr.splitlines()]
+    errors = [line for line in lines if re.match(r"^[\w.]+(Error|Exception): ", line)]
+    return errors[-1] if errors else f"exit code {done.returncode}"
 
 
 def context_size(folder: Path) -> int:

@@ -165,3 +165,30 @@ def test_cli_bad_input_is_one_line(case, message, tiny_adapter, tmp_path, monkey
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not (tmp_path / "student").exists()
+
+
+def test_an_nf4_trained_adapter_is_merged_into_its_nf4_base_dequantized(tiny_adapter, tmp_path):
+    """The weights the adapter met in training (bitsandbytes NF4, CPU backend), not the full-precision base."""
+    import shutil
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from kd_bundle.student.model import StudentConfig, load_base
+
+    base, trained = tiny_adapter
+    adapter = shutil.copytree(trained, tmp_path / "adapter")
+    (adapter / "base.json").write_text(json.dumps({"quantized": True, "dtype": "float32"}))
+    out = export_student(adapter, tmp_path / "student", CardFacts())
+
+    assert "quantization_config" not in json.loads((out / "config.json").read_text())
+    assert json.loads((out / "kd_export.json").read_text())["merged_into"] == "NF4, dequantized to float32"
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    got = logits(AutoModelForCausalLM.from_pretrained(out), tokenizer)
+    nf4, quantized = load_base(StudentConfig(model=str(base), dtype="float32"), quantize=True)
+    assert quantized
+    as_trained = logits(PeftModel.from_pretrained(nf4, adapter), tokenizer)
+    on_plain = logits(PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter), tokenizer)
+    assert (got - as_trained).abs().max() < 0.1 * (got - on_plain).abs().max()
+    assert torch.allclose(got, as_trained, atol=1e-2)

@@ -121,3 +121,15 @@ def test_a_missing_converter_is_one_line_naming_how_to_install_it(tmp_path, monk
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "make install" in err[0] and "nowhere" in err[0], err
     assert [p.name for p in tmp_path.iterdir() if p.suffix == ".gguf" or "partial" in p.name] == []
+
+
+def test_a_folder_whose_tokenizer_llama_cpp_does_not_know_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
+    """The tiny random Llama's locally trained tokenizer (~20 s: the converter imports torch and transformers)."""
+    from tests.kd_bundle.tiny_student import build_tiny_student
+
+    monkeypatch.setenv("KD_STORE", str(tmp_path / "store"))
+    folder = build_tiny_student(tmp_path / "tiny")
+    assert main(["serve", str(folder)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "BPE pre-tokenizer was not recognized" in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["store", "tiny"]  # no GGUF, no partial file
