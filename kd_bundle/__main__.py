@@ -14,7 +14,7 @@ COMMANDS = {
     "teacher-server": "kd_bundle.teacher.server:cli",  # start/stop/status of the embedded teacher; usage export
     "report": "kd_bundle.report.document:cli",
     "convert": "kd_bundle.data.bundlerec:cli",  # convert bundlerec SRC OUT: a raw release -> the exchange tables
-    "export": "kd_bundle.student.export:cli",  # a trained adapter -> a standalone merged model folder with a card
+    "export": "kd_bundle.report.student_card:cli",  # a trained adapter -> a standalone merged model folder with a card
     "serve": "kd_bundle.student.serve:cli",  # an exported student behind an OpenAI-compatible endpoint
 }
 

@@ -14,7 +14,8 @@ from kd_bundle.__main__ import main
 from kd_bundle.evaluation.results import result_row
 from kd_bundle.manifest import write_with_manifest
 from kd_bundle.report.bootstrap import interval, session_arrays
-from kd_bundle.student.export import CardFacts, ExportError, export_student, facts_from_results
+from kd_bundle.report.student_card import facts_from_results
+from kd_bundle.student.export import CardFacts, ExportError, export_student
 from tests.kd_bundle.tiny_student import build_tiny_student
 
 DATA_HASH = "d" * 64
