@@ -15,7 +15,7 @@ from typing import Literal
 from prefect import flow
 
 from flows.baselines import BaselineRun, baselines_flow
-from flows.cells import PipelineConfig
+from flows.pipeline import PipelineConfig
 from flows.prefect_server import guard_temporary_server
 from flows.research import rq1_knowledge_format, rq3_knowledge_utilization
 from kd_bundle.cli_errors import run_cli

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.cells import PipelineConfig, evaluate_cells
+from flows.cells import evaluate_cells
 from flows.params import data_source, run_name, with_data_dirs, with_deployment_values
+from flows.pipeline import PipelineConfig
 from kd_bundle.config import ShippedDomain
 from kd_bundle.grid import GridConfig, RQ1Grid, RQ2Grid, RQ3Grid, expand
 from kd_bundle.store import ArtifactRef

@@ -10,7 +10,7 @@ from collections import Counter
 
 import polars as pl
 
-from flows.cells import full_pool
+from flows.pipeline import full_pool
 from flows.research import full_grid, rq1_knowledge_format
 from kd_bundle import grid
 from kd_bundle.evaluation.baselines import BASELINE_METHODS
