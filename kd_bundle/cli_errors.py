@@ -1,5 +1,5 @@
-"""Entry points report a data error (or a store that cannot take a write) as one line on stderr and exit 2; the full
-trace goes to a log file.
+"""Entry points report a data error (or a store that cannot take a write, or a locked request cache) as one line on
+stderr and exit 2; the full trace goes to a log file.
 
 A bad data file inside a flow used to print 150-300 lines with several tracebacks (each engine layer logs the
 exception again) before the one clear message. `run_cli` sends every log record of the run to a file under
@@ -19,9 +19,10 @@ from pathlib import Path
 from kd_bundle.config import settings
 from kd_bundle.data.checks import DataError
 from kd_bundle.store import StoreWriteError
+from kd_bundle.teacher.request_cache import RequestCacheError
 
 # Errors whose message says all a user needs (what, where, what to do): one line, no traceback on the terminal.
-ONE_LINE_ERRORS = (DataError, StoreWriteError)
+ONE_LINE_ERRORS = (DataError, StoreWriteError, RequestCacheError)
 
 EXIT_DATA_ERROR = 2
 _FORMAT = "%(asctime)s %(levelname)s %(name)s - %(message)s"
@@ -39,7 +40,18 @@ class _DataErrorOffTerminal(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
         message = record.getMessage()
-        return not isinstance(error, ONE_LINE_ERRORS) and not any(e.__name__ in message for e in ONE_LINE_ERRORS)
+        return not isinstance(error, ONE_LINE_ERRORS) and not any(name in message for name in _one_line_names())
+
+
+def _one_line_names() -> set[str]:
+    """The class names of ONE_LINE_ERRORS and their subclasses (RequestCacheLocked), as Prefect's state messages
+    spell them."""
+    names, pending = set(), list(ONE_LINE_ERRORS)
+    while pending:
+        cls = pending.pop()
+        names.add(cls.__name__)
+        pending += cls.__subclasses__()
+    return names
 
 
 class _QuietFileHandler(logging.FileHandler):

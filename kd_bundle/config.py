@@ -7,14 +7,19 @@ stably through JSON, which is what Prefect's INPUTS cache policy relies on.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, SecretStr, StringConstraints, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-Domain = Literal["electronic", "clothing", "food"]
-DOMAINS: tuple[Domain, ...] = ("electronic", "clothing", "food")
+# A domain is a label: one of the shipped domains, or the name of your own data (a folder's name or --domain-name).
+# It goes into file names, task-run names and every table, hence the narrow alphabet.
+DOMAIN_LABEL = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+Domain = Annotated[str, StringConstraints(pattern=DOMAIN_LABEL)]
+ShippedDomain = Literal["electronic", "clothing", "food"]  # under ../shared/data/<domain>/; a dropdown in the UI form
+DOMAINS: tuple[ShippedDomain, ...] = ("electronic", "clothing", "food")
 Split = Literal["train", "test", "valid"]
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -52,6 +57,19 @@ def reject_unknown_keys(model: type[BaseModel], data: Any, where: str) -> None:
             reject_unknown_keys(field.annotation, data[name], f"{where}.{name}")
 
 
+def domain_label(data_dir: str | Path, name: str | None = None) -> str:
+    """The label of your own data: `name`, or the folder's name, lower-cased with other characters as '-'."""
+    raw = name if name is not None else Path(data_dir).resolve().name
+    label = re.sub(r"[^a-z0-9_-]+", "-", raw.lower()).strip("-_")[:64]
+    if not re.fullmatch(DOMAIN_LABEL, label):
+        raise ValueError(f"cannot make a domain label of {raw!r} (data folder {data_dir}): give --domain-name, "
+                         "e.g. my-shop (lower-case letters, digits, '-' and '_')")
+    if name is None and label in DOMAINS:
+        raise ValueError(f"your data folder {data_dir} is named like the shipped domain {label!r}: give "
+                         "--domain-name (domain_name) so its rows cannot be mistaken for the study's")
+    return label
+
+
 def settings() -> Settings:
     """Fresh settings each call, so a changed environment (tests, CLI flags) is honoured."""
     return Settings()
@@ -60,15 +78,23 @@ def settings() -> Settings:
 class DataConfig(BaseModel, frozen=True, extra="forbid"):
     """Which sessions a run sees. The slice bounds keep CPU runs short; None means all."""
 
-    domain: Domain = Field("electronic", description="Dataset domain.")
+    domain: Domain = Field("electronic", description="Dataset domain: a shipped one, or the label of `custom_dir`.")
     custom_dir: str | None = Field(
-        None, description="A folder with your own items/bundles tables (README: schema); replaces the domain's data."
+        None, description="A folder with your own items/bundles tables (docs/data.md: schema); replaces the domain's "
+        "data, and `domain` is then its label. Not part of any cache key: the tables' bytes are."
     )
     max_train_sessions: int | None = Field(None, ge=1, description="Keep the first N training sessions (None = all).")
     max_test_sessions: int | None = Field(
         None, ge=1, description="Keep N test sessions, stratified by length like the AICL split (None = all 180)."
     )
     split_seed: int = Field(0, description="Seed for the stratified test slice.")
+
+    @model_validator(mode="after")
+    def _known_source(self) -> "DataConfig":
+        if self.custom_dir is None and self.domain not in DOMAINS:
+            raise ValueError(f"domain {self.domain!r} is not a shipped domain {DOMAINS}: give your data folder "
+                             "(--data DIR, or the flow parameter data_dir)")
+        return self
 
 
 class PatternConfig(BaseModel, frozen=True, extra="forbid"):

@@ -2,29 +2,33 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prefect.cache_policies import INPUTS
+from prefect.cache_policies import INPUTS, CachePolicy
+from prefect.utilities.hashing import hash_objects
 
 from kd_bundle.config import DataConfig
 from kd_bundle.data import sessions
 from kd_bundle.store import ArtifactRef, write_artifact
 from tasks.common import SourceFiles, stage_task
 
-_SOURCE_FILES = ["aicl/session_items.csv", "aicl/split.csv", "aicl/item_titles.csv", "aicl/session_bundles_dedup.csv",
-                 "item_categories.csv", "item_idx_mapping.csv"]
-
 
 def domain_files(inputs: dict[str, Any]) -> list[Path]:
-    cfg: DataConfig = inputs["cfg"]
-    if cfg.custom_dir:
-        return sorted(Path(cfg.custom_dir).glob("*.csv")) + sorted(Path(cfg.custom_dir).glob("*.parquet"))
-    folder = Path(inputs["data_root"]) / cfg.domain
-    return [folder / name for name in _SOURCE_FILES if (folder / name).exists()]
+    return sessions.source_files(inputs["cfg"], Path(inputs["data_root"]))
 
 
-@stage_task("data.sessions", inputs=(INPUTS - "data_root") + SourceFiles(finder=domain_files),
-            task_run_name="load-sessions-{cfg.domain}")
+@dataclass
+class DataConfigWithoutFolder(CachePolicy):
+    """The data config minus `custom_dir`: the same tables in another folder are the same data (SourceFiles hashes
+    their bytes), and one folder whose tables changed is new data."""
+
+    def compute_key(self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any) -> str:
+        return hash_objects(inputs["cfg"].model_dump(mode="json", exclude={"custom_dir"}), raise_on_failure=True)
+
+
+@stage_task("data.sessions", inputs=(INPUTS - "data_root" - "cfg") + DataConfigWithoutFolder()
+            + SourceFiles(finder=domain_files), task_run_name="load-sessions-{cfg.domain}")
 def load_sessions(cfg: DataConfig, data_root: Path) -> ArtifactRef:
     return write_artifact(sessions.load_sessions(cfg, data_root), "sessions")

@@ -13,7 +13,7 @@ from prefect.runtime import flow_run
 from pydantic import BaseModel
 
 from kd_bundle.config import BaselineConfig, DataConfig, settings
-from kd_bundle.data.sessions import split_of
+from kd_bundle.data.sessions import source_files, split_of
 from kd_bundle.evaluation import baselines, metrics, results, teacher_baseline
 from kd_bundle.evaluation.predictions import write_predictions_jsonl
 from kd_bundle.manifest import build_manifest, files_sha256, seeds_in, write_with_manifest
@@ -21,7 +21,6 @@ from kd_bundle.report import costs
 from kd_bundle.store import ArtifactRef, read_artifact, write_artifact
 from kd_bundle.teacher import RequestCache, TeacherConfig, request_cache_path
 from tasks.common import stage_task, teacher_task
-from tasks.data import domain_files
 from tasks.teacher import NO_TASK_RETRIES, TEACHER_LIBRARY, teacher_client
 
 log = logging.getLogger(__name__)
@@ -124,14 +123,14 @@ def collect_results(rows: list[ArtifactRef]) -> ArtifactRef:
     return write_artifact(results.combine_results([read_artifact(row) for row in rows]), "results")
 
 
-def publish_results(table: ArtifactRef, key: str, out_dir: Path) -> Path:
+def publish_results(table: ArtifactRef, key: str, out_dir: Path, data_dirs: dict[str, str] | None = None) -> Path:
     """Called from a flow, not a task: side effects only, so nothing to cache. A stable copy of the table
     under `out_dir`, each row's predictions as the JSON Lines `python -m kd_bundle score` reads (in
     `out_dir/<key>/predictions/`), and a table artifact in the Prefect UI (versioned by `key` across runs)."""
     frame = read_artifact(table)
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{key}.parquet"
-    write_with_manifest(table.path(), target, run_manifest(frame, key))
+    write_with_manifest(table.path(), target, run_manifest(frame, key, data_dirs or {}))
     for row in frame.filter(pl.col("predictions_sha256") != "").iter_rows(named=True):
         scored = ArtifactRef(kind="predictions", sha256=row["predictions_sha256"], rows=row["n_sessions"])
         write_predictions_jsonl(read_artifact(scored), out_dir / key / "predictions" / f"{row_label(row)}.jsonl")
@@ -139,13 +138,16 @@ def publish_results(table: ArtifactRef, key: str, out_dir: Path) -> Path:
     return target
 
 
-def run_manifest(frame: pl.DataFrame, key: str) -> dict:
-    """Commit, package versions, the run's seeds, a hash of the source data files of its domains, the device."""
+def run_manifest(frame: pl.DataFrame, key: str, data_dirs: dict[str, str]) -> dict:
+    """Commit, package versions, the run's seeds, a hash of the data files its domains were read from (your own
+    folder's tables for a label in `data_dirs`), the device."""
     parameters = flow_run.parameters or {}
     data_root = settings().data_root
-    files = [f for domain in sorted(set(frame["domain"].to_list()))
-             for f in domain_files({"cfg": DataConfig(domain=domain), "data_root": data_root})]
+    domains = sorted(set(frame["domain"].to_list()))
+    configs = [DataConfig(domain=d, custom_dir=data_dirs.get(d)) for d in domains]
+    files = [f for cfg in configs for f in source_files(cfg, data_root)]
     return build_manifest(seeds=seeds_in(parameters), data_sha256=files_sha256(files), key=key,
+                          data_files={cfg.domain: [str(f) for f in source_files(cfg, data_root)] for cfg in configs},
                           flow_run_id=str(flow_run.id) if flow_run.id else None)
 
 

@@ -22,7 +22,8 @@ from kd_bundle.teacher import Progress, TeacherClient, TeacherConfig
 from kd_bundle.teacher.server import EmbeddedTeacher
 
 TEACHER_LIBRARY = ("teacher", "teacher.config", "teacher.client", "teacher.reply", "teacher.pool", "teacher.progress",
-                   "teacher.request_cache", "teacher.answer_schema", "data.parsing", "data.prompts")
+                   "teacher.request_cache", "teacher.cache_salvage", "teacher.answer_schema", "data.parsing",
+                   "data.prompts")
 NO_TASK_RETRIES = {"retries": 0, "retry_delay_seconds": 0}  # replaces teacher_task's; see the module docstring
 
 

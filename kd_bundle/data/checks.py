@@ -95,6 +95,11 @@ def check_items(items: pl.DataFrame, source: str) -> None:
     empty_id = items.filter(pl.col("item_id").is_null() | (pl.col("item_id") == ""))
     if empty_id.height:
         raise DataError(f"{source} items: session {empty_id['session_id'][0]} has an empty item_id")
+    untitled = items.filter(pl.col("title").is_null())
+    if untitled.height:  # the LLM reads titles: a null one would reach the prompt as the word None
+        row = untitled.row(0, named=True)
+        raise DataError(f"{source} items: item {row['item_id']!r} of session {row['session_id']} has no title "
+                        f"({untitled.height} item(s) in all); every item needs the title the LLM reads")
     duplicated = items.filter(pl.struct("session_id", "item_id").is_duplicated())
     if duplicated.height:
         row = duplicated.row(0, named=True)

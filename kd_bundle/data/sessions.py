@@ -39,6 +39,22 @@ SESSION_COLUMNS = ["session_id", "split", "item_ids", "titles", "categories", "b
 _LEVEL_SEPARATOR = re.compile(r",(?! )")  # category names contain ", " (e.g. "Clothing, Shoes & Jewelry")
 
 
+# The shipped domains' files that load_sessions reads (the AICL layer and BundleRec's categories).
+AICL_SOURCE_FILES = ("aicl/session_items.csv", "aicl/split.csv", "aicl/item_titles.csv",
+                     "aicl/session_bundles_dedup.csv", "item_categories.csv", "item_idx_mapping.csv")
+
+
+def source_files(cfg: DataConfig, data_root: Path) -> list[Path]:
+    """The files `load_sessions(cfg, data_root)` reads: what a cache key and a run manifest hash (never a path)."""
+    if cfg.custom_dir:
+        folder = Path(cfg.custom_dir)
+        return [path for stem in ("items", "bundles")
+                for path in [next((folder / f"{stem}{s}" for s in _TABLE_SUFFIXES if (folder / f"{stem}{s}").exists()),
+                                  None)] if path is not None]
+    folder = Path(data_root) / cfg.domain
+    return [folder / name for name in AICL_SOURCE_FILES if (folder / name).exists()]
+
+
 def load_sessions(cfg: DataConfig, data_root: Path) -> pl.DataFrame:
     """All sessions of one real domain (or of `cfg.custom_dir`) in SESSION_COLUMNS, sliced as `cfg` asks."""
     source = Path(cfg.custom_dir) if cfg.custom_dir else Path(data_root) / cfg.domain
@@ -207,8 +223,13 @@ def read_csv_checked(path: Path, required: list[str]) -> pl.DataFrame:
     return frame
 
 
+_TABLE_SUFFIXES = (".parquet", ".csv")  # the first that exists is read
+
+
 def _read_table(folder: Path, stem: str, required: list[str]) -> tuple[pl.DataFrame, Path]:
-    for suffix, reader in ((".parquet", pl.read_parquet), (".csv", lambda p: pl.read_csv(p, infer_schema=False))):
+    readers = {".parquet": pl.read_parquet, ".csv": lambda p: pl.read_csv(p, infer_schema=False)}
+    for suffix in _TABLE_SUFFIXES:
+        reader = readers[suffix]
         path = folder / f"{stem}{suffix}"
         if path.exists():
             try:

@@ -28,8 +28,9 @@ from typing import Any
 
 import polars as pl
 
-from kd_bundle.config import DOMAINS, DataConfig, settings
+from kd_bundle.config import DOMAINS, settings
 from kd_bundle.data.sessions import SPLITS, load_sessions, split_of
+from kd_bundle.data.source import add_data_arguments, data_config
 from kd_bundle.evaluation.predictions import check_predictions, read_predictions_jsonl
 
 # Per-session outcome: "missing" (no prediction row), "unparsed" (bundles null), "empty" (no bundle of
@@ -160,25 +161,31 @@ def cli(argv: list[str]) -> int:
         prog="python -m kd_bundle score",
         description="Score a predictions JSON Lines file against every session of one split of a domain.",
     )
-    parser.add_argument("--domain", required=True, choices=DOMAINS)
+    parser.add_argument("--domain", choices=DOMAINS, help="a shipped domain (or give --data)")
     parser.add_argument("--predictions", required=True, type=Path, help="JSON Lines, one line per session.")
     parser.add_argument("--split", default="test", choices=SPLITS)
     parser.add_argument("--data-root", type=Path, default=None, help="Default: KD_DATA_ROOT or ../shared/data.")
+    add_data_arguments(parser)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits on --help and bad flags; the dispatcher wants a code
         return int(exc.code or 0)
+    if (args.domain is None) == (args.data is None):
+        parser.print_usage(sys.stderr)
+        print("python -m kd_bundle score: error: give exactly one of --domain and --data", file=sys.stderr)
+        return 2
     try:
         data_root = args.data_root if args.data_root is not None else settings().data_root
-        sessions = split_of(load_sessions(DataConfig(domain=args.domain), data_root), args.split)
+        data = data_config(args)
+        sessions = split_of(load_sessions(data, data_root), args.split)
         predictions = read_predictions_jsonl(args.predictions)
         per_session = session_scores(predictions, sessions)
     except (ValueError, OSError) as exc:
-        where = f"{args.domain} {args.split}, {args.predictions}"
+        where = f"{args.data or args.domain} {args.split}, {args.predictions}"
         print(f"python -m kd_bundle score: error ({where}): {exc}", file=sys.stderr)
         return 2
     result = {
-        "domain": args.domain,
+        "domain": data.domain,
         "split": args.split,
         **summarise_scores(per_session),
         "n_missing": int((per_session["status"] == "missing").sum()),

@@ -20,8 +20,9 @@ import time
 
 import polars as pl
 
-from kd_bundle.config import DOMAINS, DataConfig, settings
+from kd_bundle.config import DOMAINS, settings
 from kd_bundle.data.sessions import DataError, load_sessions, split_of
+from kd_bundle.data.source import add_data_arguments, data_config
 from kd_bundle.evaluation import teacher_baseline
 from kd_bundle.knowledge import rules, thoughts
 from kd_bundle.models import SMOLLM2
@@ -45,8 +46,8 @@ def cli(argv: list[str]) -> int:
 
 
 def _distill(args: argparse.Namespace) -> int:
-    data = DataConfig(domain=args.domain, max_train_sessions=args.max_train_sessions,
-                      max_test_sessions=args.max_test_sessions)
+    data = data_config(args, max_train_sessions=args.max_train_sessions, max_test_sessions=args.max_test_sessions)
+    args.domain = data.domain  # the label every row and artifact of this run carries
     sessions = load_sessions(data, settings().data_root)
     teacher = TeacherConfig(model=args.model, temperature=args.temperature, max_tokens=args.max_tokens)
     overrides = {"max_concurrency": args.concurrency} if args.concurrency else {}
@@ -105,6 +106,7 @@ def _parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["rules", "thoughts", "baseline"])
     parser.add_argument("--domain", choices=DOMAINS, default="electronic")
+    add_data_arguments(parser)
     parser.add_argument("--max-train-sessions", type=int, default=None, help="first N training sessions (default all)")
     parser.add_argument("--max-test-sessions", type=int, default=None, help="baseline: N stratified test sessions")
     parser.add_argument("--model", default=TeacherConfig().model, help="model name at the endpoint")

@@ -80,17 +80,18 @@ def pattern_difficulty(sessions: pl.DataFrame, cfg: PatternConfig, folds: int = 
     return pl.concat(frames).sort("session_id")
 
 
-def combine_domains(target: pl.DataFrame, others: list[pl.DataFrame]) -> pl.DataFrame:
+def combine_domains(target: pl.DataFrame, others: list[pl.DataFrame],
+                    keep_splits: tuple[str, ...] = ("train",)) -> pl.DataFrame:
     """The target domain's frame as is, plus the other domains' rows with disjoint session ids.
 
-    For a sessions frame, only the other domains' *training* sessions are kept: they add knowledge, never targets.
-    Frames without session_id (domain-level knowledge lines, patterns) are simply concatenated.
+    For a sessions frame, only the other domains' `keep_splits` sessions are kept: training sessions add knowledge,
+    never targets. Frames without session_id (domain-level knowledge lines, patterns) are simply concatenated.
     """
     parts = [target]
     for index, other in enumerate(others):
         if "session_id" in other.columns:
             if "split" in other.columns:
-                other = split_of(other, "train")
+                other = other.filter(pl.col("split").is_in(keep_splits))
             other = other.with_columns(pl.col("session_id") + (index + 1) * _DOMAIN_ID_STRIDE)
         parts.append(other.select(target.columns))
     if target.height and "session_id" in target.columns and target["session_id"].max() >= _DOMAIN_ID_STRIDE:
@@ -103,7 +104,9 @@ def pool_training(frames: list[pl.DataFrame]) -> pl.DataFrame:
 
     What a multi-domain adapter trains on: `combine_domains` keeps the target's test sessions and numbers the other
     domains by their position after it, so each target would get a different training frame and its own adapter.
+    A sessions frame keeps every domain's validation sessions too, on which the adapter is chosen (never a test
+    session); retrieval indexes the training sessions alone, and SFT examples are built from them alone.
     """
     if not frames:
         raise ValueError("pool_training: no domain to pool")
-    return combine_domains(frames[0].clear(), frames)
+    return combine_domains(frames[0].clear(), frames, keep_splits=("train", "valid"))

@@ -25,10 +25,20 @@ from kd_bundle.teacher.client import TeacherClient
 from kd_bundle.teacher.config import ClientSettings, Message, TeacherConfig, request_timeout_s
 from kd_bundle.teacher.progress import Progress
 from kd_bundle.teacher.reply import Completion, TeacherError, TeacherTruncated, TeacherUnavailable, redact_url
-from kd_bundle.teacher.request_cache import USAGE_COLUMNS, RequestCache, export_usage, request_cache_path, request_key
+from kd_bundle.teacher.request_cache import (
+    USAGE_COLUMNS,
+    RequestCache,
+    RequestCacheDamaged,
+    RequestCacheError,
+    RequestCacheLocked,
+    export_usage,
+    request_cache_path,
+    request_key,
+)
 
 __all__ = [
-    "USAGE_COLUMNS", "ClientSettings", "Completion", "Message", "Progress", "RequestCache", "TeacherClient",
+    "USAGE_COLUMNS", "ClientSettings", "Completion", "Message", "Progress", "RequestCache", "RequestCacheDamaged",
+    "RequestCacheError", "RequestCacheLocked", "TeacherClient",
     "TeacherConfig", "TeacherError", "TeacherTruncated", "TeacherUnavailable", "bundle_answer_schema",
     "detection_format", "export_usage", "intent_format", "redact_url", "request_cache_path", "request_key",
     "request_timeout_s",

@@ -11,7 +11,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
 from prefect.testing.utilities import prefect_test_harness
 
-from flows.cells import PipelineConfig
+from flows.pipeline import PipelineConfig
 from kd_bundle.student.model import StudentConfig
 from kd_bundle.student.retrieval import RetrievalConfig
 from kd_bundle.student.training import SMOKE

@@ -1,6 +1,6 @@
 """What a user does from the README: a local Prefect server, a process worker, `prefect deploy`, then
 `prefect deployment run 'rq1-knowledge-format/smoke'` with a nested override of its pipeline, which must
-complete end to end and keep the rest of the smoke pipeline; and the weekly full grid, deployed paused, whose
+complete end to end and keep the rest of the smoke pipeline, and again with a data folder (`data_dir`); the weekly full grid, deployed paused, whose
 schedule (once resumed with the README's command) the scheduler turns into runs on Sundays 03:00 UTC."""
 
 from __future__ import annotations
@@ -106,6 +106,15 @@ def test_deployment_run_from_the_cli_completes(tmp_path):
         table = pl.read_parquet(published)
         assert set(table["n_sessions"]) == {3}, table  # the override
         assert "teacher" not in set(table["method"]), table  # smoke's `teacher_rows: []`, kept
+
+        # your own data through the form's data_dir field: the rows and the published table carry its label
+        own = run("deployment", "run", "rq1-knowledge-format/smoke", "--params",
+                  json.dumps({"data_dir": str(ROOT / "examples" / "my-shop"), "pipeline": {"max_test_sessions": 3}}),
+                  "--watch", "--watch-timeout", "900", timeout=960)
+        assert own.returncode == 0 and "Completed" in own.stdout + own.stderr, \
+            own.stdout + own.stderr + (logs / "worker.log").read_text()[-3000:]
+        own_table = pl.read_parquet(tmp_path / "published" / "rq1-my-shop.parquet")
+        assert set(own_table["domain"]) == {"my-shop"} and set(own_table["n_sessions"]) == {3}, own_table
 
         resumed = run("--no-prompt", "deployment", "schedule", "resume", "--all")  # README: turn the weekly run on
         assert resumed.returncode == 0, resumed.stdout + resumed.stderr

@@ -9,8 +9,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from flows.cells import PipelineConfig
 from flows.params import deep_merge, merged_over
+from flows.pipeline import PipelineConfig
 from kd_bundle.config import BaselineConfig, DataConfig, PatternConfig
 from kd_bundle.grid import GridConfig, RQ1Grid
 from kd_bundle.knowledge.rules import RuleConfig

@@ -11,7 +11,8 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from flows.cells import PipelineConfig, Plan
+from flows.cells import Plan
+from flows.pipeline import PipelineConfig
 from kd_bundle.grid import GridConfig, expand, formats_of
 from kd_bundle.student.icl import build_prompts, build_sft_examples
 from kd_bundle.student.model import StudentConfig, load_tokenizer

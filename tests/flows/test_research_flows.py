@@ -10,7 +10,7 @@ from collections import Counter
 
 import polars as pl
 
-from flows.cells import full_pool
+from flows.pipeline import full_pool
 from flows.research import full_grid, rq1_knowledge_format
 from kd_bundle import grid
 from kd_bundle.evaluation.baselines import BASELINE_METHODS
@@ -93,6 +93,8 @@ def test_multi_domain_adapter_is_shared_by_every_target(pipeline):
     assert len(states["train-adapter"]) == len(grid.cells_by_adapter(cells)) == 3, states
     multi = read_artifact(table).filter(pl.col("strategy") == "multi-domain")
     assert sorted(multi["domain"]) == ["clothing", "food"]
+    # chosen on the two domains' validation sessions (conftest's SMOKE: 4 of them, every step), like one domain's
+    assert multi["valid_steps"].to_list() == [[0, 1, 2]] * 2 and multi["valid_loss"].is_not_null().all(), multi
 
 
 def test_sft_icl_training_prompts_match_the_test_prompts(pipeline):

@@ -141,10 +141,14 @@ def test_result_fields_fill_a_results_row():
         assert row.schema == RESULT_SCHEMA
 
 
-def test_domain_is_a_dropdown_in_the_form():
-    schema = GridConfig.model_json_schema()
-    assert schema["properties"]["domains"]["items"]["enum"] == list(DOMAINS)
-    assert Cell.model_json_schema()["properties"]["domain"]["enum"] == list(DOMAINS)
+def test_domain_is_a_dropdown_in_the_form_and_a_label_in_the_grid():
+    from flows.research import rq1_knowledge_format
+
+    form = rq1_knowledge_format.parameters.model_dump()
+    assert form["properties"]["domain"]["enum"] == list(DOMAINS)
+    assert "your own data" in form["properties"]["data_dir"]["description"].lower()  # a form field beside it
+    assert GridConfig(domains=("my-shop",)).domains == ("my-shop",)  # a label: your data folder's
+    assert Cell.model_json_schema()["properties"]["domain"]["pattern"]
 
 
 def test_grid_is_pure_and_json_round_trips():
@@ -164,7 +168,7 @@ def test_grid_is_pure_and_json_round_trips():
         lambda: RQ2Grid(ratios=(0.5, 0.5)),
         lambda: RQ1Grid(formats=("rules", "rules")),
         lambda: RQ3Grid(utilizations=("icl", "ft")),
-        lambda: GridConfig(domains=("books",)),
+        lambda: GridConfig(domains=("Books & more",)),
         lambda: Cell(domain="food", rq="rq1", knowledge_format="rules", train_format="rules", utilization="icl",
                      source_domains=("food",)),
         lambda: Cell(domain="food", rq="rq1", knowledge_format="x", prompt_format="rules+memes", utilization="icl",

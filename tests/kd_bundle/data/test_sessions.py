@@ -335,6 +335,13 @@ def test_same_item_in_two_sessions_is_fine(tmp_path: Path) -> None:
     assert sessions.filter(pl.col("session_id") == 3)["item_ids"].to_list() == [["f", "g", "a"]]
 
 
+def test_item_without_title(tmp_path: Path) -> None:
+    items = [list(row) for row in ITEMS]
+    items[4][4] = ""  # an empty CSV field reads as null: it would reach the prompt as the word None
+    with pytest.raises(DataError, match=r"items: item 'e' of session 2 has no title \(1 item\(s\) in all\)"):
+        _build(_exchange(tmp_path, items=items))
+
+
 def test_empty_item_id(tmp_path: Path) -> None:
     items = [list(row) for row in ITEMS]
     items[6][3] = ""
