@@ -194,21 +194,25 @@ def test_best_row_is_the_lowest_validation_loss_never_a_test_score(truth, adapte
     ("no title column", "missing column(s) ['title']"),
     ("one-item session", "has one item"),
     ("untitled item", "has no title"),
+    ("repeated position", "has position 1 twice"),  # the loader's own checks (kd_bundle.data.checks)
 ])
 def test_bad_input_is_one_line_naming_it(truth, tmp_path, capsys, breakage, expected) -> None:
     items = _new_items(truth, tmp_path / "new.csv", drop=("title",) if breakage == "no title column" else ())
     frame = pl.read_csv(items, infer_schema=False)
     if breakage == "one-item session":
         frame = pl.concat([frame, frame.head(1).with_columns(session_id=pl.lit("999999"))])
+    second_row = pl.int_range(pl.len()) == 1
     if breakage == "untitled item":
-        frame = frame.with_columns(title=pl.when(pl.int_range(pl.len()) == 1).then(pl.lit("")).otherwise("title"))
+        frame = frame.with_columns(title=pl.when(second_row).then(pl.lit("")).otherwise("title"))
+    if breakage == "repeated position":
+        frame = frame.with_columns(position=pl.when(second_row).then(pl.lit("1")).otherwise("position"))
     frame.write_csv(items)
     out = tmp_path / "bundles.jsonl"
     code, err = _generate(capsys, "--student", "base", "--sessions", str(items), "--out", str(out))
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert expected in err and str(items) in err
     if breakage != "no title column":
-        assert "row " in err and ("999999" in err or str(frame["session_id"][1]) in err)
+        assert "row" in err and ("999999" in err or str(frame["session_id"][1]) in err)
     assert not out.exists()
 
 
