@@ -291,6 +291,10 @@ def _save_adapter(model: Any, student: StudentConfig, cfg: SFTConfig, out_dir: P
     out_dir.mkdir(parents=True, exist_ok=True)
     for peft_config in model.peft_config.values():
         peft_config.base_model_name_or_path = student.model  # a name, not this machine's cache path
+        if isinstance(peft_config.target_modules, (set, frozenset)):
+            # peft writes "all-linear" resolved as a set, whose order changes with every process's hash seed: sorted,
+            # the same training gives the same bytes, hence the same store hash, in any process
+            peft_config.target_modules = sorted(peft_config.target_modules)
     model.save_pretrained(str(out_dir))
     (out_dir / "student_config.json").write_text(student.model_dump_json(indent=1))
     (out_dir / "sft_config.json").write_text(cfg.model_dump_json(indent=1))
