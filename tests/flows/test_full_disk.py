@@ -4,12 +4,11 @@ roomy store gives."""
 
 from __future__ import annotations
 
-import json
-
 import polars as pl
 
 from flows.baselines import main
-from kd_bundle.store import ArtifactRef, is_sound
+from kd_bundle.store_admin import stored_artifacts, verify
+from kd_bundle.store_records import record_hashes
 from tests.tmpfs import remount, tmpfs
 
 
@@ -29,8 +28,9 @@ def test_full_store_fails_in_one_line_then_the_rerun_finishes(tmp_path, monkeypa
         assert " free of " in lines[0] and "nothing half-written" in lines[0]
         assert not any(p.name.startswith(".tmp-") for p in store.rglob("*")), "no partial file stays behind"
         written = _store_files(store)
-        assert _recorded_refs(tmp_path / "prefect-results"), "the stages that fitted left cache records"
-        assert all(is_sound(ref, store) for ref in _recorded_refs(tmp_path / "prefect-results")), \
+        recorded = set().union(*(record_hashes(p)[0] for p in (tmp_path / "prefect-results").iterdir()))
+        assert recorded, "the stages that fitted left cache records"
+        assert recorded <= {a.sha256 for a in stored_artifacts(store)} and verify(store).bad == (), \
             "no cache record points at a missing or partial artifact"
 
         remount(store, "size=64m")
@@ -42,29 +42,6 @@ def test_full_store_fails_in_one_line_then_the_rerun_finishes(tmp_path, monkeypa
     assert main_cli(argv) == 0
     roomy = pl.read_parquet(tmp_path / "published" / "baselines.parquet")
     assert healed.equals(roomy)
-
-
-def _recorded_refs(records):
-    """Every ArtifactRef inside Prefect's persisted results (JSON records; failed runs persist pickled errors)."""
-    refs = []
-
-    def walk(value):
-        if isinstance(value, dict):
-            if {"kind", "sha256", "rows"} <= value.keys():
-                refs.append(ArtifactRef.model_validate(value))
-            for v in value.values():
-                walk(v)
-        elif isinstance(value, list):
-            for v in value:
-                walk(v)
-
-    for path in records.iterdir():
-        try:
-            record = json.loads(path.read_text())
-        except ValueError:
-            continue
-        walk(json.loads(record["result"]) if isinstance(record.get("result"), str) else record.get("result"))
-    return refs
 
 
 def main_cli(argv):
