@@ -90,14 +90,19 @@ def _write_error(what: str, root: Path | None, exc: BaseException) -> StoreWrite
     else:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
     return StoreWriteError(
-        f"cannot write {what} to the store {store}: {reason}; the volume has {_mb(usage.free)} free of "
-        f"{_mb(usage.total)}; nothing half-written was kept: free space (or set KD_STORE to a larger, writable "
+        f"cannot write {what} to the store {store}: {reason}; the volume has {human_bytes(usage.free)} free of "
+        f"{human_bytes(usage.total)}; nothing half-written was kept: free space (or set KD_STORE to a larger, writable "
         "volume) and rerun, which recomputes only what is missing"
     )
 
 
-def _mb(n_bytes: int) -> str:
-    return f"{n_bytes / 2**20:,.1f} MB" if n_bytes >= 2**20 else f"{n_bytes / 2**10:,.0f} kB"
+def human_bytes(n: float) -> str:
+    """A size as people read it on a disk: `812 B`, `4.2 MB` (powers of 1000)."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
 
 
 def read_artifact(ref: ArtifactRef, root: Path | None = None) -> pl.DataFrame:

@@ -23,7 +23,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from kd_bundle.config import settings
-from kd_bundle.store import DIRECTORY_KINDS, ArtifactRef, is_sound, quarantine, store_root
+from kd_bundle.store import DIRECTORY_KINDS, ArtifactRef, human_bytes, is_sound, quarantine, store_root
 from kd_bundle.store_records import HASH, GcRefused, default_records_dir, live_hashes
 
 TMP_PREFIX = ".tmp-"  # interrupted writes of kd_bundle.store
@@ -205,14 +205,6 @@ def _quiet(logger: logging.Logger) -> Iterator[None]:
 
 
 # --- the command line -----------------------------------------------------------------------------------------------
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    raise AssertionError("unreachable")
-
 
 def _artifacts(n: int) -> str:
     return f"{n} artifact" + ("" if n == 1 else "s")
