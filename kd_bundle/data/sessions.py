@@ -47,10 +47,8 @@ AICL_SOURCE_FILES = ("aicl/session_items.csv", "aicl/split.csv", "aicl/item_titl
 def source_files(cfg: DataConfig, data_root: Path) -> list[Path]:
     """The files `load_sessions(cfg, data_root)` reads: what a cache key and a run manifest hash (never a path)."""
     if cfg.custom_dir:
-        folder = Path(cfg.custom_dir)
-        return [path for stem in ("items", "bundles")
-                for path in [next((folder / f"{stem}{s}" for s in _TABLE_SUFFIXES if (folder / f"{stem}{s}").exists()),
-                                  None)] if path is not None]
+        tables = [_table_path(Path(cfg.custom_dir), stem) for stem in ("items", "bundles")]
+        return [path for path in tables if path is not None]
     folder = Path(data_root) / cfg.domain
     return [folder / name for name in AICL_SOURCE_FILES if (folder / name).exists()]
 
@@ -223,21 +221,24 @@ def read_csv_checked(path: Path, required: list[str]) -> pl.DataFrame:
     return frame
 
 
-_TABLE_SUFFIXES = (".parquet", ".csv")  # the first that exists is read
+_TABLE_READERS = {".parquet": pl.read_parquet, ".csv": lambda p: pl.read_csv(p, infer_schema=False)}
+
+
+def _table_path(folder: Path, stem: str) -> Path | None:
+    """The file of one exchange table: `<stem>.parquet`, else `<stem>.csv`, else None."""
+    return next((folder / f"{stem}{suffix}" for suffix in _TABLE_READERS if (folder / f"{stem}{suffix}").exists()),
+                None)
 
 
 def _read_table(folder: Path, stem: str, required: list[str]) -> tuple[pl.DataFrame, Path]:
-    readers = {".parquet": pl.read_parquet, ".csv": lambda p: pl.read_csv(p, infer_schema=False)}
-    for suffix in _TABLE_SUFFIXES:
-        reader = readers[suffix]
-        path = folder / f"{stem}{suffix}"
-        if path.exists():
-            try:
-                frame = reader(path)
-            except (pl.exceptions.PolarsError, OSError) as exc:
-                raise DataError(f"{path}: not a readable {suffix[1:]} file ({exc})") from exc
-            require_columns(frame, required, str(path))
-            return frame, path
+    path = _table_path(folder, stem)
+    if path is not None:
+        try:
+            frame = _TABLE_READERS[path.suffix](path)
+        except (pl.exceptions.PolarsError, OSError) as exc:
+            raise DataError(f"{path}: not a readable {path.suffix[1:]} file ({exc})") from exc
+        require_columns(frame, required, str(path))
+        return frame, path
     raise DataError(f"{folder}: neither {stem}.parquet nor {stem}.csv found")
 
 
