@@ -232,14 +232,14 @@ def _table_path(folder: Path, stem: str) -> Path | None:
 
 def _read_table(folder: Path, stem: str, required: list[str]) -> tuple[pl.DataFrame, Path]:
     path = _table_path(folder, stem)
-    if path is not None:
-        try:
-            frame = _TABLE_READERS[path.suffix](path)
-        except (pl.exceptions.PolarsError, OSError) as exc:
-            raise DataError(f"{path}: not a readable {path.suffix[1:]} file ({exc})") from exc
-        require_columns(frame, required, str(path))
-        return frame, path
-    raise DataError(f"{folder}: neither {stem}.parquet nor {stem}.csv found")
+    if path is None:
+        raise DataError(f"{folder}: neither {stem}.parquet nor {stem}.csv found")
+    try:
+        frame = _TABLE_READERS[path.suffix](path)
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise DataError(f"{path}: not a readable {path.suffix[1:]} file ({exc})") from exc
+    require_columns(frame, required, str(path))
+    return frame, path
 
 
 def cast_checked(frame: pl.DataFrame, schema: dict[str, pl.DataType], where: Path) -> pl.DataFrame:
