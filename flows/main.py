@@ -56,7 +56,7 @@ DEMO = PipelineConfig(
     icl=ICLConfig(demonstrations=1),
     student=StudentConfig(max_new_tokens=96, batch_size=4),
     sft=SFTConfig(epochs=1.0, learning_rate=3e-4, lora_r=8, lora_alpha=16, batch_tokens=2048, max_batch_size=16,
-                  valid_sessions=30, eval_every=5, patience=2),
+                  valid_sessions=30, eval_every=8, patience=2),
 )
 
 

@@ -53,9 +53,10 @@ def train_adapter(all_sessions: ArtifactRef, retrieved: ArtifactRef | None, thou
     with tempfile.TemporaryDirectory(prefix="kd-adapter-") as tmp:
         result = training.train_adapter(read_artifact(all_sessions), read_artifact(retrieved) if retrieved else None,
                                        read_artifact(thoughts) if thoughts else None, model, cfg, Path(tmp) / "adapter")
-        log.info("adapter trained: %d examples, %d steps (kept: %s), %.0f tokens/s, loss %s, validation %s",
-                 result.examples, result.steps, result.best_step if result.best_step is not None else "last",
-                 result.tokens_per_second, result.losses[-1:], result.valid_losses)
+        log.info("adapter trained: %d examples, %d steps (kept: %s), %.0f tokens/s, loss %s, validation loss %s, "
+                 "strict precision %s", result.examples, result.steps,
+                 result.best_step if result.best_step is not None else "last", result.tokens_per_second,
+                 result.losses[-1:], result.valid_losses, result.valid_precisions)
         ref = write_directory(result.adapter_dir, "adapter")
     # What the adapter cost, beside it, so a results row scored from it reports training cost; the first training
     # of this content keeps its record.
@@ -66,6 +67,7 @@ def train_adapter(all_sessions: ArtifactRef, retrieved: ArtifactRef | None, thou
             "seconds": result.seconds, "train_tokens": result.train_tokens, "steps": result.steps,
             "examples": result.examples, "seed": cfg.seed, "tokens_per_second": result.tokens_per_second,
             "train_losses": result.losses, "valid_steps": result.valid_steps, "valid_losses": result.valid_losses,
+            "valid_precisions": result.valid_precisions,
             "best_step": result.best_step, "valid_examples": result.valid_examples,
             "gradient_checkpointing": result.gradient_checkpointing, "autocast": result.autocast}))
         os.replace(staging, stats)

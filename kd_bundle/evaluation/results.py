@@ -40,6 +40,7 @@ RESULT_SCHEMA: dict[str, pl.DataType] = {
     "train_steps": pl.Int64,  # optimizer steps it ran (early stopping may end a run before its epochs)
     "best_step": pl.Int64,  # the step whose weights were kept by validation (0 = the base; null = no validation)
     "valid_loss": pl.Float64,  # answer loss on the validation sessions at best_step
+    "valid_strict_precision": pl.Float64,  # strict precision of the decoded validation answers at best_step
     "teacher_cost": pl.Float64,  # money of the teacher's inference, where a price is configured
     "extraction_tokens": pl.Int64,  # teacher tokens that produced the knowledge the row used (rules, thoughts)
     "extraction_cost": pl.Float64,
@@ -69,12 +70,13 @@ RESULT_SCHEMA: dict[str, pl.DataType] = {
     "train_losses": pl.List(pl.Float64),
     "valid_steps": pl.List(pl.Int64),
     "valid_losses": pl.List(pl.Float64),
+    "valid_precisions": pl.List(pl.Float64),  # decoded strict precision at valid_steps (empty: selection by loss)
 }
 TIMING_COLUMNS = ["wall_seconds", "train_seconds", "extraction_seconds"]  # clocks: differ between equal runs
 COST_COLUMNS = ["inference_prompt_tokens", "inference_new_tokens", "train_seconds", "train_tokens", "teacher_cost",
                 "extraction_tokens", "extraction_cost", "extraction_seconds"]
-TRAINING_COLUMNS = ["train_examples", "train_steps", "best_step", "valid_loss"]
-CURVE_COLUMNS = ["train_losses", "valid_steps", "valid_losses"]
+TRAINING_COLUMNS = ["train_examples", "train_steps", "best_step", "valid_loss", "valid_strict_precision"]
+CURVE_COLUMNS = ["train_losses", "valid_steps", "valid_losses", "valid_precisions"]
 QUANTITY_COLUMNS = ["train_sessions", "teacher_sessions", "pattern_lines", "rule_count", "thought_count", "knowledge_tokens",
                     "knowledge_failed", "knowledge_truncated", "feedback_rounds"]
 SESSION_COLUMNS = ["session_ids", "session_scored", "session_precision", "session_recall", "session_hits",

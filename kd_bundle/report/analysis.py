@@ -161,15 +161,20 @@ def knowledge_summary(results: pl.DataFrame) -> pl.DataFrame:
 
 def training_table(results: pl.DataFrame) -> pl.DataFrame:
     """One row per adapter (kd_bundle.report.curves.adapter_rows): its pool, examples, steps run, the step kept on
-    the validation split (0 = the base was never beaten) and the validation loss there against the base's."""
+    the validation split (0 = the base was never beaten) and the validation strict precision and loss there
+    against the base's."""
     from kd_bundle.report.curves import adapter_rows
 
     rows = adapter_rows(results)
-    base = pl.when(pl.col("valid_losses").list.len() > 0).then(pl.col("valid_losses").list.first())
-    return rows.with_columns(base_valid_loss=base, tokens_per_second=pl.col("train_tokens") / pl.col("train_seconds")
+
+    def first(column: str) -> pl.Expr:
+        return pl.when(pl.col(column).list.len() > 0).then(pl.col(column).list.first())
+    return rows.with_columns(base_valid_loss=first("valid_losses"), base_valid_precision=first("valid_precisions"),
+                             tokens_per_second=pl.col("train_tokens") / pl.col("train_seconds")
                              ).select("domain", "knowledge_format", "utilization", "strategy", "ratio",
                                       "train_sessions", "train_examples", "train_steps", "best_step",
-                                      "base_valid_loss", "valid_loss", "train_seconds", "tokens_per_second")
+                                      "base_valid_precision", "valid_strict_precision", "base_valid_loss",
+                                      "valid_loss", "train_seconds", "tokens_per_second")
 
 
 def cost_table(results: pl.DataFrame) -> pl.DataFrame:

@@ -17,8 +17,9 @@ import polars as pl
 
 from kd_bundle.teacher import TeacherConfig, request_key
 
+# results columns read from an adapter's stats
 TRAIN_COLUMNS = ["train_seconds", "train_tokens", "train_examples", "train_steps", "best_step", "valid_loss",
-                 "train_losses", "valid_steps", "valid_losses"]  # results columns read from an adapter's stats
+                 "valid_strict_precision", "train_losses", "valid_steps", "valid_losses", "valid_precisions"]
 TRAIN_STATS_SUFFIX = ".train_stats.json"  # beside a stored adapter folder, written by tasks.student.train_adapter
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 
@@ -132,9 +133,14 @@ def read_train_stats(adapter_dir: Path | None) -> dict[str, Any]:
         row = {**unknown, "train_seconds": float(stats["seconds"]), "train_tokens": int(stats["train_tokens"]),
                "train_examples": stats.get("examples"), "train_steps": stats.get("steps"),
                "best_step": stats.get("best_step"), "train_losses": stats.get("train_losses"),
-               "valid_steps": stats.get("valid_steps"), "valid_losses": stats.get("valid_losses")}
-        if stats.get("valid_losses") and stats.get("best_step") is not None:
-            row["valid_loss"] = float(stats["valid_losses"][stats["valid_steps"].index(stats["best_step"])])
+               "valid_steps": stats.get("valid_steps"), "valid_losses": stats.get("valid_losses"),
+               "valid_precisions": stats.get("valid_precisions")}
+        if stats.get("best_step") is not None:
+            kept = stats["valid_steps"].index(stats["best_step"])
+            if stats.get("valid_losses"):
+                row["valid_loss"] = float(stats["valid_losses"][kept])
+            if stats.get("valid_precisions"):
+                row["valid_strict_precision"] = float(stats["valid_precisions"][kept])
         return row
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{path}: unreadable training stats ({exc})") from None

@@ -60,10 +60,14 @@ def markdown_report(results: pl.DataFrame, *, strict: bool = True, n_boot: int =
     lines += _section("Adapter training (chosen on the validation split)", analysis.training_table(results), {
         "domain": "Domain", "knowledge_format": "Knowledge", "utilization": "Utilization", "strategy": "Strategy",
         "ratio": "Ratio", "train_sessions": "Pool sessions", "train_examples": "Examples", "train_steps": "Steps",
-        "best_step": "Kept step", "base_valid_loss": "Base valid loss", "valid_loss": "Kept valid loss",
-        "train_seconds": "Train s (with validation)", "tokens_per_second": "Tokens/s (with validation)"},
-        "Kept step: the step whose validation answer loss was lowest (0 = no step beat the base); '-': not "
-        "validated (a reasoning adapter, or data without a validation split). Curves: training_<domain>.png.")
+        "best_step": "Kept step", "base_valid_precision": "Base valid strict P",
+        "valid_strict_precision": "Kept valid strict P", "base_valid_loss": "Base valid loss",
+        "valid_loss": "Kept valid loss", "train_seconds": "Train s (with validation)",
+        "tokens_per_second": "Tokens/s (with validation)"},
+        "Kept step: the step whose decoded validation answers had the highest strict precision, ties by the lower "
+        "answer loss (SFTConfig.select_by='strict_precision'; 'loss': the lowest loss alone); 0 = no step beat the "
+        "base, which is then what the row applies. '-': not measured (no validation split, or selection by loss for "
+        "a reasoning adapter). Curves: training_<domain>.png.")
     lines += _section(f"Cost per {analysis.PER:,} sessions, teacher vs student", analysis.cost_table(results), {
         **{k: v for k, v in _LABELS.items() if k not in ("rq", "strategy", "ratio")}, "n_sessions": "Sessions",
         "tokens_per_1k": "Tokens", "seconds_per_1k": "Seconds", "money_per_1k": "Money",

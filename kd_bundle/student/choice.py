@@ -29,7 +29,11 @@ from kd_bundle.student.model import StudentConfig
 BASE = "base"
 BEST_PREFIX = "best:"
 # metric -> (what it is, whether lower is better); only validation-split scores may choose a student
-SELECTION_METRICS = {"valid_loss": ("answer loss on the validation split at the adapter's kept step", True)}
+SELECTION_METRICS = {
+    "valid_loss": ("answer loss on the validation split at the adapter's kept step", True),
+    "valid_strict_precision": ("strict precision of the adapter's decoded answers on the validation split at its "
+                               "kept step", False),
+}
 POOL_KINDS = {"sessions": "raw", "patterns": "patterns", "session_rules": "rules", "thoughts": "thoughts"}
 _ROW_LABELS = ["domain", "rq", "method", "knowledge_format", "utilization", "strategy", "ratio"]
 

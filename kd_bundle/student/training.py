@@ -3,8 +3,9 @@
 `train_student` has the TRL/PEFT shape: seed -> model (NF4 4-bit + LoRA on CUDA, plain LoRA on a CPU; "nf4" asks
 for 4-bit on a CPU too, through bitsandbytes' CPU backend) -> dataset (length buckets under a token budget, so almost
 no compute goes to padding) -> a plain AdamW loop whose loss reads the answer columns only (no LM head over the
-prompt), with the answer loss of validation sessions measured every few steps (kd_bundle.student.validation: the
-best step is kept, patience stops the run) -> save the adapter with its configs, its curves and the base it was
+prompt), with validation sessions measured every few steps (kd_bundle.student.validation: the strict precision
+of what the adapter writes for them, through the grid's prompt, grammar and scorer, and their answer loss; the best
+step is kept, patience stops the run) -> save the adapter with its configs, its curves and the base it was
 trained against (base.json), which inference loads. Gradient checkpointing and bf16 autocast are chosen by what the
 hardware needs (kd_bundle.student.compute). Where loading in 4-bit fails, it trains plain LoRA and logs a warning.
 torch/transformers/peft are imported inside functions, so importing kd_bundle stays fast.
@@ -18,6 +19,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -36,10 +38,11 @@ from kd_bundle.student.model import (
     peak_memory_bytes,
     resolve_dtype,
 )
-from kd_bundle.student.validation import EarlyStopping, validation_loss, validation_sessions
+from kd_bundle.student.validation import DecodedValidation, EarlyStopping, validation_loss, validation_sessions
 
 log = logging.getLogger(__name__)
-CURVES_FILE = "curves.json"  # in an adapter folder: {"train": [...], "valid_steps", "valid_losses", "best_step"}
+# in an adapter folder: {"train", "valid_steps", "valid_losses", "valid_precisions", "best_step"}
+CURVES_FILE = "curves.json"
 
 
 class SFTConfig(BaseModel, frozen=True, extra="forbid"):
@@ -69,9 +72,14 @@ class SFTConfig(BaseModel, frozen=True, extra="forbid"):
                           "end it sooner. Ignored when max_steps is set.")
     max_steps: int | None = Field(None, ge=1, description="Optimizer steps; overrides epochs (smoke runs).")
     valid_sessions: int = Field(
-        60, ge=0, description="Sessions of the `valid` split (a seeded sample) whose answer loss picks the kept "
-        "checkpoint; 0 = no validation, the last step is kept. Never the test split.")
-    eval_every: int | None = Field(None, ge=1, description="Steps between validation losses; None = ten per run.")
+        60, ge=0, description="Sessions of the `valid` split (a seeded sample) on which the kept checkpoint is "
+        "chosen (select_by); 0 = no validation, the last step is kept. Never the test split.")
+    select_by: Literal["strict_precision", "loss"] = Field(
+        "strict_precision", description="What chooses the kept step on the validation sessions: strict_precision = "
+        "the adapter decodes them through the grid's prompt, grammar and scorer at every measurement (ties: lower "
+        "loss), which sees a habit such as 'the whole session is one bundle' that the teacher-forced loss rewards; "
+        "loss = the answer loss only (cheaper: no decoding). Both are recorded where measured.")
+    eval_every: int | None = Field(None, ge=1, description="Steps between validation measurements; None = ten per run.")
     patience: int | None = Field(
         3, ge=1, description="Validations without improvement before training stops; None = run every step.")
     batch_tokens: int = Field(
@@ -113,6 +121,9 @@ class TrainResult(BaseModel, frozen=True):
     valid_steps: list[int] = Field(
         default_factory=list, description="Steps after which the validation loss was measured (0 = the base).")
     valid_losses: list[float] = Field(default_factory=list, description="Validation answer loss at those steps.")
+    valid_precisions: list[float] = Field(
+        default_factory=list, description="Strict precision of the decoded validation answers at those steps "
+        "(select_by='strict_precision').")
     best_step: int | None = Field(None, description="The step whose weights were kept (None: no validation, the last).")
     stopped_early: bool = False
     valid_examples: int = 0
@@ -131,8 +142,9 @@ def train_adapter(
     """Build the SFT examples (knowledge in the input, thoughts as reasoning) of the training split, the same of a
     sample of the validation split, and train an adapter into `out_dir`, keeping the best validated step.
 
-    An adapter that reasons is not validated: the teacher distils training sessions only, so no validation session
-    has a thought to score the answer after; it trains its epochs and keeps the last step (logged)."""
+    An adapter that reasons has no validation loss (the teacher distils training sessions only, so no validation
+    session has a thought to score the answer after); with select_by="strict_precision" it is chosen by what it
+    writes, reasoning first, like any other; with "loss" it keeps its last step (logged)."""
     if cfg.reasoning and thoughts is None:
         raise ValueError("train_adapter: SFTConfig.reasoning needs a thoughts frame")
     tokenizer = load_tokenizer(student)
@@ -140,23 +152,30 @@ def train_adapter(
                     tokenizer=tokenizer, cfg=cfg.knowledge, max_length=cfg.max_length,
                     max_bundles=student.max_bundles, reasoning_tokens=student.reasoning_tokens)
     examples = build(sessions)
-    validation = None
-    if cfg.reasoning and cfg.valid_sessions:
-        log.warning("train_adapter: a reasoning adapter is not validated (no validation session has a thought); "
-                    "it keeps its last step")
+    validation, decoded = None, None
+    valid = validation_sessions(sessions, cfg.valid_sessions, cfg.seed)
+    if cfg.valid_sessions and valid.height == 0:
+        log.warning("train_adapter: the data has no validation sessions; the adapter keeps its last step")
     elif cfg.valid_sessions:
-        valid = validation_sessions(sessions, cfg.valid_sessions, cfg.seed)
-        validation = build(valid, split="valid") if valid.height else None
-        if validation is None:
-            log.warning("train_adapter: the data has no validation sessions; the adapter keeps its last step")
-    return train_student(examples, student, cfg, out_dir, validation)
+        if cfg.reasoning and cfg.select_by == "loss":
+            log.warning("train_adapter: a reasoning adapter has no validation loss (no validation session has a "
+                        "thought) and select_by='loss'; it keeps its last step")
+        elif not cfg.reasoning:
+            validation = build(valid, split="valid")
+        if cfg.select_by == "strict_precision":
+            # the prompt the adapter meets at test time (flows.cells.test_prompt): its training knowledge and counts
+            decoded = DecodedValidation(valid.filter(pl.col("bundles").list.len() > 0), retrieved, tokenizer, student,
+                                        cfg.knowledge, cfg.reasoning)
+    return train_student(examples, student, cfg, out_dir, validation, decoded)
 
 
 def train_student(examples: pl.DataFrame, student: StudentConfig, cfg: SFTConfig, out_dir: Path,
-                  validation: pl.DataFrame | None = None) -> TrainResult:
+                  validation: pl.DataFrame | None = None,
+                  decoded: Callable[[Any], float] | None = None) -> TrainResult:
     """QLoRA (or LoRA) on prompt/completion pairs; loss on the completion only. With `validation` (examples of
-    held-out sessions), the answer loss on them is measured before the first step and every `eval_every` steps,
-    training stops after `patience` measurements without improvement, and the best step's weights are kept.
+    held-out sessions) and / or `decoded` (the strict precision of the model's answers to them), both are measured
+    before the first step and every `eval_every` steps, training stops after `patience` measurements without
+    improvement, and the best step's weights are kept (EarlyStopping: precision first, then loss).
     Saves adapter + configs + curves in `out_dir`."""
     import torch
 
@@ -190,16 +209,23 @@ def train_student(examples: pl.DataFrame, student: StudentConfig, cfg: SFTConfig
     eval_every = cfg.eval_every or max(1, math.ceil(steps / 10))
     valid_seconds = 0.0
 
-    def validate() -> float:
+    validating = bool(valid_rows) or decoded is not None
+
+    def validate(step: int) -> bool:
+        """Measure, log, record; True when patience is exhausted."""
         nonlocal valid_seconds
         validation_started = time.perf_counter()
-        loss = validation_loss(model, valid_rows, valid_batches, to_batch, answer_loss)
+        loss = validation_loss(model, valid_rows, valid_batches, to_batch, answer_loss) if valid_rows else None
+        precision = decoded(model) if decoded is not None else None
         valid_seconds += time.perf_counter() - validation_started
-        return loss
+        log.info("sft step %d validation: strict precision %s, answer loss %s (%.1f s)", step,
+                 "-" if precision is None else f"{precision:.3f}", "-" if loss is None else f"{loss:.4f}",
+                 time.perf_counter() - validation_started)
+        return stopping.record(step, loss, model, precision)
 
     started = time.perf_counter()
-    if valid_rows:
-        stopping.record(0, validate(), model)
+    if validating:
+        validate(0)
     model.train()
     losses, step_seconds, step_tokens, padded = [], [], [], 0
     for step, batch in zip(range(steps), cycle(batches, cfg.seed)):
@@ -217,10 +243,8 @@ def train_student(examples: pl.DataFrame, student: StudentConfig, cfg: SFTConfig
         padded += inputs["attention_mask"].numel()
         log.info("sft step %d/%d loss %.4f, %s tokens, %.1f s", step + 1, steps, losses[-1],
                  tuple(inputs["input_ids"].shape), step_seconds[-1])
-        if valid_rows and ((step + 1) % eval_every == 0 or step + 1 == steps):
-            valid_loss = validate()
-            log.info("sft step %d validation loss %.4f", step + 1, valid_loss)
-            if stopping.record(step + 1, valid_loss, model) and step + 1 < steps:
+        if validating and ((step + 1) % eval_every == 0 or step + 1 == steps):
+            if validate(step + 1) and step + 1 < steps:
                 log.info("sft: no better validation loss in %d measurements; stopping at step %d of %d",
                          cfg.patience, step + 1, steps)
                 break
@@ -229,14 +253,14 @@ def train_student(examples: pl.DataFrame, student: StudentConfig, cfg: SFTConfig
     dtype, _ = resolve_dtype(student.dtype, device.type, training=True)  # what load_base trained in (NF4: compute)
     base = {"quantized": quantized, "dtype": str(dtype).removeprefix("torch.")}
     curves = {"train": losses, "valid_steps": stopping.steps, "valid_losses": stopping.losses,
-              "best_step": stopping.best_step}
+              "valid_precisions": stopping.precisions, "best_step": stopping.best_step}
     _save_adapter(model, student, cfg, out_dir, curves, base)
     return TrainResult(
         adapter_dir=out_dir, steps=len(losses), examples=examples.height, train_tokens=real, padded_tokens=padded,
         seconds=seconds, valid_seconds=valid_seconds, tokens_per_second=real / max(seconds - valid_seconds, 1e-9),
         peak_memory_bytes=peak_memory_bytes(), quantized=quantized, losses=losses, step_seconds=step_seconds,
-        step_tokens=step_tokens, valid_steps=stopping.steps,
-        valid_losses=stopping.losses, best_step=stopping.best_step, stopped_early=len(losses) < steps,
+        step_tokens=step_tokens, valid_steps=stopping.steps, valid_losses=stopping.losses,
+        valid_precisions=stopping.precisions, best_step=stopping.best_step, stopped_early=len(losses) < steps,
         valid_examples=len(valid_rows), gradient_checkpointing=checkpointing,
         autocast=None if cast is None else str(cast).removeprefix("torch."),
     )

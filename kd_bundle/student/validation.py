@@ -1,9 +1,15 @@
-"""Choosing an adapter on held-out data: the answer loss on validation sessions, and early stopping on it.
+"""Choosing an adapter on held-out data: what it writes on validation sessions, its answer loss there, and early
+stopping on them.
 
-The validation sessions are the data's `valid` split (never `test`): examples built exactly like the training ones
-(same prompt, knowledge and canonical answer), scored by the same answer-only loss. Training measures it before the
-first step (the base itself, so a run that never beats the base says so) and every `eval_every` steps, keeps the
-LoRA weights of the best measurement, and stops after `patience` measurements without improvement.
+The validation sessions are the data's `valid` split (never `test`). Two measurements, both taken before the first
+step (the base itself, so a run that never beats the base says so) and every `eval_every` steps:
+* the answer loss: examples built exactly like the training ones (same prompt, knowledge and canonical answer),
+  scored by the same answer-only loss; cheap, but blind to what greedy decoding then writes (an adapter that learned
+  "the whole session is one bundle" has a low loss and the strict precision of that positional rule);
+* strict precision of decoded answers (`DecodedValidation`): the adapter answers the sessions through the grid's
+  own prompt, grammar, parser and scorer, so the kept step is the one that writes the best bundles.
+`EarlyStopping` keeps the LoRA weights of the best measurement (by strict precision, ties by loss, where decoding is
+on; by loss otherwise) and stops after `patience` measurements without improvement.
 """
 
 from __future__ import annotations
@@ -12,6 +18,11 @@ import logging
 from typing import Any
 
 import polars as pl
+
+from kd_bundle.evaluation.metrics import score_predictions
+from kd_bundle.student.generate import new_token_budget, predict_bundles
+from kd_bundle.student.icl import ICLConfig, build_prompts
+from kd_bundle.student.model import StudentConfig, context_window
 
 log = logging.getLogger(__name__)
 
@@ -45,24 +56,79 @@ def validation_loss(model: Any, rows: list[tuple[list[int], list[int]]], batches
     return total / max(tokens, 1)
 
 
+class DecodedValidation:
+    """Strict precision of what a model in training writes for the validation sessions: prompts are built once, as
+    generate.predict_sessions builds the adapter's test prompts (its training knowledge `icl`, fitted to the context
+    window less the new-token budget); every call decodes them greedily under each session's grammar and scores the
+    answers against the sessions' bundles (metrics.score_predictions). A session that does not parse counts 0, as in
+    the results tables. It reads the sessions' bundles to score, never to prompt."""
+
+    def __init__(self, sessions: pl.DataFrame, retrieved: pl.DataFrame | None, tokenizer: Any, student: StudentConfig,
+                 icl: ICLConfig, reasoning: bool = False):
+        if sessions.height == 0:
+            raise ValueError("DecodedValidation: no validation sessions to decode")
+        self.sessions, self.retrieved, self.tokenizer = sessions, retrieved, tokenizer
+        self.student, self.icl, self.reasoning = student, icl, reasoning
+        self.prompts: pl.DataFrame | None = None
+
+    def __call__(self, model: Any) -> float:
+        """The model's strict precision on the sessions; it decodes with its KV cache (training turns the cache
+        off) and goes back to training mode."""
+        if self.prompts is None:
+            budget = context_window(model, self.student) - new_token_budget(self.student, self.reasoning)
+            self.prompts = build_prompts(self.sessions, self.retrieved, self.tokenizer, self.icl, budget)
+        config = getattr(model, "config", None)
+        cache = getattr(config, "use_cache", None)
+        model.eval()
+        if config is not None:
+            config.use_cache = True
+        try:
+            predictions = predict_bundles(self.sessions, self.prompts, model, self.tokenizer, self.student,
+                                          self.reasoning)
+        finally:
+            if config is not None:
+                config.use_cache = cache
+            model.train()
+        return float(score_predictions(predictions, self.sessions)["strict_precision"])
+
+
 class EarlyStopping:
-    """Tracks the validation curve, the best step and its LoRA weights (a copy of the trainable tensors only)."""
+    """Tracks the validation curves, the best step and its LoRA weights (a copy of the trainable tensors only).
+
+    A measurement is a validation loss (lower is better), a decoded strict precision (higher is better), or both;
+    with both, precision decides and the loss breaks its ties (30 sessions give precision in coarse steps)."""
 
     def __init__(self, patience: int | None):
         self.patience = patience
         self.steps: list[int] = []
         self.losses: list[float] = []
+        self.precisions: list[float] = []
         self.best_step: int | None = None
-        self.best_loss = float("inf")
+        self._best_key: tuple[float, ...] | None = None
         self._best_state: dict[str, Any] | None = None
         self._since_best = 0
 
-    def record(self, step: int, loss: float, model: Any) -> bool:
+    @property
+    def best_loss(self) -> float | None:
+        return self._at_best(self.losses)
+
+    @property
+    def best_precision(self) -> float | None:
+        return self._at_best(self.precisions)
+
+    def record(self, step: int, loss: float | None, model: Any, precision: float | None = None) -> bool:
         """Note one measurement; True when training should stop (patience exhausted)."""
+        if loss is None and precision is None:
+            raise ValueError("EarlyStopping.record: a measurement needs a loss or a precision")
         self.steps.append(step)
-        self.losses.append(round(loss, 5))
-        if loss < self.best_loss - 1e-6:
-            self.best_step, self.best_loss, self._since_best = step, loss, 0
+        if loss is not None:
+            self.losses.append(round(loss, 5))
+        if precision is not None:
+            self.precisions.append(round(precision, 5))
+        key = tuple(value for value in (None if precision is None else -round(precision, 5),
+                                        None if loss is None else round(loss, 5)) if value is not None)
+        if self._best_key is None or _better(key, self._best_key):
+            self.best_step, self._best_key, self._since_best = step, key, 0
             self._best_state = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
             return False
         self._since_best += 1
@@ -78,5 +144,18 @@ class EarlyStopping:
             for name, parameter in model.named_parameters():
                 if name in self._best_state:
                     parameter.copy_(self._best_state[name])
-        log.info("sft: kept step %d (validation loss %.4f), not the last step %d", self.best_step, self.best_loss,
-                 last_step)
+        log.info("sft: kept step %d (validation strict precision %s, loss %s), not the last step %d", self.best_step,
+                 self.best_precision, self.best_loss, last_step)
+
+    def _at_best(self, values: list[float]) -> float | None:
+        return values[self.steps.index(self.best_step)] if values and self.best_step is not None else None
+
+
+def _better(key: tuple[float, ...], best: tuple[float, ...]) -> bool:
+    """Lexicographically lower by more than rounding (1e-6 on the deciding value)."""
+    for value, incumbent in zip(key, best):
+        if value < incumbent - 1e-6:
+            return True
+        if value > incumbent + 1e-6:
+            return False
+    return False

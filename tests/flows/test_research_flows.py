@@ -137,10 +137,13 @@ def test_two_budgets_the_pool_the_teacher_and_the_adapters_each_have_their_size(
     sft = rq1.filter(pl.col("utilization") == "sft")
     raw_sft = sft.filter(pl.col("knowledge_format") == "raw")
     assert raw_sft["train_examples"].to_list() == [6] and (sft["train_steps"] == 2).all()
-    # validated on the valid split (conftest's SMOKE: 4 sessions, every step), the reasoning adapter is not
+    # validated on the valid split (conftest's SMOKE: 4 sessions, every step) by decoding them: every adapter has
+    # its precision curve and the kept step's precision; the reasoning adapter has no loss (no validation thought)
     assert raw_sft["valid_steps"].to_list() == [[0, 1, 2]] and raw_sft["best_step"].to_list()[0] in (0, 1, 2)
+    assert (sft["valid_precisions"].list.len() == 3).all() and sft["valid_strict_precision"].is_not_null().all()
     thoughts_sft = sft.filter(pl.col("knowledge_format") == "thoughts")
-    assert thoughts_sft["valid_steps"].to_list() == [[]] and thoughts_sft["train_examples"].to_list()[0] <= 3
+    assert thoughts_sft["valid_steps"].to_list() == [[0, 1, 2]] and thoughts_sft["valid_losses"].to_list() == [[]]
+    assert thoughts_sft["valid_loss"].is_null().all() and thoughts_sft["train_examples"].to_list()[0] <= 3
     assert states["sample-teacher-diversity-3"] == ["Completed"] and states["first-answers-food"] == ["Completed"]
     rq2 = students.filter(pl.col("rq") == "rq2")
     assert rq2.height == 1 and rq2["train_sessions"].to_list() == [6]  # half of the pool, ranked by the teacher

@@ -257,8 +257,8 @@ def test_adapter_curves_are_plotted_and_tabled_with_the_kept_step(tmp_path):
     from kd_bundle.report.document import markdown_report
 
     curve = dict(train_losses=[1.2, 0.9, 0.7, 0.6], valid_steps=[0, 2, 4], valid_losses=[1.1, 0.8, 0.85],
-                 best_step=2, valid_loss=0.8, train_examples=150, train_steps=4, train_sessions=623,
-                 train_seconds=100.0, train_tokens=25_000)
+                 valid_precisions=[0.4, 0.45, 0.3], best_step=2, valid_loss=0.8, valid_strict_precision=0.45,
+                 train_examples=150, train_steps=4, train_sessions=623, train_seconds=100.0, train_tokens=25_000)
     rows = [result_row(domain="electronic", rq="rq1", method="student", knowledge_format="raw", utilization="sft",
                        **_metrics(0.3, 0.3, 0.3), **curve),
             # RQ2 at ratio 1 is the same adapter: one panel, not two
@@ -272,7 +272,8 @@ def test_adapter_curves_are_plotted_and_tabled_with_the_kept_step(tmp_path):
     assert [p.name for p in paths] == ["training_electronic.png"] and paths[0].stat().st_size > 5_000
     report = markdown_report(results, n_boot=50)
     training = _table(report, "Adapter training (chosen on the validation split)")
-    assert len(training) == 2 and training[1][5:11] == ["623", "150", "4", "2", "1.100", "0.800"], training  # header + 1
+    assert len(training) == 2 and training[1][5:13] == ["623", "150", "4", "2", "0.400", "0.450", "1.100",
+                                                          "0.800"], training  # header + 1 row
     header = markdown_table(results).splitlines()[0]
     assert header.endswith("| train_sessions | train_examples | train_steps | best_step |"), header
     assert plot_training_curves(results.filter(pl.col("utilization") != "sft"), tmp_path / "none") == []

@@ -164,14 +164,18 @@ def test_best_row_is_the_lowest_validation_loss_never_a_test_score(truth, adapte
                    precision=0.9, strict_precision=0.9, knowledge_sha256=knowledge_provenance([("sessions", "a" * 64)]),
                    **metrics),
         result_row(domain="electronic", rq="rq1", method="student", knowledge_format="rules", utilization="sft",
-                   precision=0.6, strict_precision=0.6, valid_loss=0.9, adapter_sha256="b" * 64, **metrics),
+                   precision=0.6, strict_precision=0.6, valid_loss=0.9, valid_strict_precision=0.5,
+                   adapter_sha256="b" * 64, **metrics),
         result_row(domain="electronic", rq="rq1", method="student", knowledge_format="raw", utilization="sft",
-                   precision=0.3, strict_precision=0.3, valid_loss=0.4, adapter_sha256=stored.sha256, **metrics),
+                   precision=0.3, strict_precision=0.3, valid_loss=0.4, valid_strict_precision=0.4,
+                   adapter_sha256=stored.sha256, **metrics),
     ]
     results = tmp_path / "results.parquet"
     pl.concat(rows).write_parquet(results)
     row, rated = best_row(results)
     assert (row["row"], row["valid_loss"], rated) == (2, 0.4, 2)
+    by_answers, _ = best_row(results, "valid_strict_precision")  # higher is better: the other adapter
+    assert (by_answers["row"], by_answers["valid_strict_precision"]) == (1, 0.5)
     out = tmp_path / "bundles.jsonl"
     items = _new_items(truth, tmp_path / "n.csv")
     code, err = _generate(capsys, "--student", f"best:{results}", "--sessions", str(items), "--out", str(out))

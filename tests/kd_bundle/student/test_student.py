@@ -147,6 +147,63 @@ def test_early_stopping_restores_the_best_weights():
     assert not EarlyStopping(patience=None).record(0, 1.0, layer)
 
 
+def test_early_stopping_by_precision_then_loss():
+    """Decoded precision decides; the loss only breaks its ties: a lower loss with worse answers is not kept."""
+    from kd_bundle.student.validation import EarlyStopping
+
+    layer = torch.nn.Linear(2, 2)
+    stopping = EarlyStopping(patience=3)
+    assert not stopping.record(0, 1.0, layer, precision=0.4)
+    assert not stopping.record(1, 0.5, layer, precision=0.3)  # the loss fell, the answers got worse
+    assert stopping.best_step == 0
+    assert not stopping.record(2, 0.9, layer, precision=0.4)  # as good answers, lower loss: kept
+    assert stopping.best_step == 2 and (stopping.best_precision, stopping.best_loss) == (0.4, 0.9)
+    assert not stopping.record(3, 2.0, layer, precision=0.5) and stopping.best_step == 3
+    reasoning = EarlyStopping(patience=None)  # a reasoning adapter: precision alone, no loss
+    reasoning.record(0, None, layer, precision=0.2)
+    reasoning.record(1, None, layer, precision=0.1)
+    assert reasoning.best_step == 0 and reasoning.losses == [] and reasoning.precisions == [0.2, 0.1]
+    with pytest.raises(ValueError, match="loss or a precision"):
+        reasoning.record(2, None, layer)
+
+
+def test_decoded_validation_is_the_grids_own_score_of_the_validation_sessions(tiny, tmp_path):
+    """train_adapter decodes the validation sessions at every measurement through the grid's prompt, grammar,
+    parser and scorer: its step-0 precision is what predict_sessions + score_predictions give the base on them, its
+    kept step's precision what they give the saved adapter, and the kept step is the best precision (ties: loss)."""
+    from kd_bundle.evaluation.metrics import score_predictions
+    from kd_bundle.student.generate import predict_sessions
+    from kd_bundle.student.training import train_adapter
+
+    sessions = tiny_sessions().with_columns(
+        split=pl.when(pl.col("split") == "test").then(pl.lit("valid")).otherwise(pl.col("split")))
+    valid = sessions.filter(pl.col("split") == "valid")
+    student = StudentConfig(model=str(tiny), dtype="float32", max_new_tokens=48)
+    # a rate at which the tiny student's answers get better, then worse again while its loss keeps falling
+    cfg = SMOKE.model_copy(update={"quantization": "none", "max_steps": 6, "learning_rate": 1e-2, "eval_every": 2,
+                                   "patience": None})
+    assert cfg.select_by == "strict_precision"
+    result = train_adapter(sessions, None, None, student, cfg, tmp_path / "adapter")
+    assert result.valid_steps == [0, 2, 4, 6] and len(result.valid_precisions) == len(result.valid_losses) == 4
+    kept = max(range(4), key=lambda i: (result.valid_precisions[i], -result.valid_losses[i]))
+    assert result.best_step == result.valid_steps[kept], (result.valid_precisions, result.valid_losses)
+
+    def grid_score(adapter):
+        predictions = predict_sessions(sessions, None, student, ICLConfig(formats=()), adapter, split="valid")
+        return score_predictions(predictions, valid)["strict_precision"]
+    assert result.valid_precisions[0] == pytest.approx(grid_score(None), abs=1e-5)
+    assert result.valid_precisions[kept] == pytest.approx(grid_score(result.adapter_dir), abs=1e-5)
+    curves = json.loads((result.adapter_dir / "curves.json").read_text())
+    assert curves["valid_precisions"] == result.valid_precisions
+
+    by_loss = train_adapter(sessions, None, None, student, cfg.model_copy(update={"select_by": "loss"}),
+                            tmp_path / "by-loss")
+    assert by_loss.valid_precisions == [] and by_loss.valid_losses == result.valid_losses  # the same training
+    assert by_loss.best_step == by_loss.valid_steps[by_loss.valid_losses.index(min(by_loss.valid_losses))]
+    # the step the loss keeps writes worse answers than the one precision keeps
+    assert max(result.valid_precisions) > result.valid_precisions[result.valid_steps.index(by_loss.best_step)]
+
+
 def test_the_validation_split_is_sampled_and_the_test_split_never(tiny):
     from kd_bundle.student.validation import validation_sessions
 
