@@ -4,10 +4,12 @@ positional references, with what the student writes beside each row.
 
     .venv/bin/python bench/learning_curve.py                        # SFT on 40 / 160 / all, ICL pools 4 / 160 / all
     .venv/bin/python bench/learning_curve.py --sft 40 --icl 4       # a quick look
+    .venv/bin/python bench/learning_curve.py --select-by loss       # the kept step by answer loss alone
 
 Every pool is a seeded random sample of the training split (seed 0; "all" = the whole split). Adapters train as the
 main job's do (plain LoRA r 8, one epoch, lr 3e-4, 2,048-token batches, validated every 5 steps on 30 validation
-sessions, the best step kept). Prints one JSON line per row: strict precision / recall / coverage, paired 95%
+sessions, the best step kept: by the strict precision of the decoded validation answers, or with --select-by loss
+by the answer loss). Prints one JSON line per row: strict precision / recall / coverage, paired 95%
 bootstrap verdicts ('+', '=', '-') of strict precision against the zero-shot student and the best positional
 reference, training tokens/s and steps, wall time; and the answers' shape: bundles per answer, products per bundle,
 and the share of answers that are one bundle of the session's first k products (a positional habit: "first-two" is
@@ -106,11 +108,12 @@ def main(argv: list[str] | None = None) -> int:
     for size in args.sft.split(","):
         started = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="kd-curve-") as tmp:
-            result = train_adapter(pool(sessions, size), None, None, STUDENT, SFT, Path(tmp) / "adapter")
+            result = train_adapter(pool(sessions, size), None, None, STUDENT,
+                                   SFT.model_copy(update={"select_by": args.select_by}), Path(tmp) / "adapter")
             predictions = predict_sessions(sessions, None, STUDENT, ZERO_SHOT, result.adapter_dir)
         train = {"examples": result.examples, "steps": result.steps, "best_step": result.best_step,
                  "tokens_per_second": round(result.tokens_per_second, 1), "train_seconds": round(result.seconds),
-                 "valid_losses": result.valid_losses}
+                 "valid_losses": result.valid_losses, "valid_precisions": result.valid_precisions}
         row("raw sft", size, predictions, time.perf_counter() - started, train)
     return 0
 
@@ -127,6 +130,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sft", default="40,160,all", help="training-session counts of the raw SFT adapters")
     parser.add_argument("--icl", default="4,160,all", help="pool sizes of raw ICL")
+    parser.add_argument("--select-by", default="strict_precision", choices=["strict_precision", "loss"],
+                        help="what keeps an adapter's step on the validation sessions (SFTConfig.select_by)")
     return parser
 
 

@@ -14,6 +14,7 @@ on; by loss otherwise) and stops after `patience` measurements without improveme
 
 from __future__ import annotations
 
+import copy
 import logging
 from typing import Any
 
@@ -72,24 +73,34 @@ class DecodedValidation:
         self.prompts: pl.DataFrame | None = None
 
     def __call__(self, model: Any) -> float:
-        """The model's strict precision on the sessions; it decodes with its KV cache (training turns the cache
-        off) and goes back to training mode."""
+        """The model's strict precision on the sessions, decoded as inference applies the saved adapter
+        (`inference_copy`); the model in training is left as it was."""
         if self.prompts is None:
             budget = context_window(model, self.student) - new_token_budget(self.student, self.reasoning)
             self.prompts = build_prompts(self.sessions, self.retrieved, self.tokenizer, self.icl, budget)
-        config = getattr(model, "config", None)
+        decoder = inference_copy(model)
+        config = getattr(decoder, "config", None)
         cache = getattr(config, "use_cache", None)
-        model.eval()
+        decoder.eval()
         if config is not None:
-            config.use_cache = True
+            config.use_cache = True  # training turns the KV cache off
         try:
-            predictions = predict_bundles(self.sessions, self.prompts, model, self.tokenizer, self.student,
+            predictions = predict_bundles(self.sessions, self.prompts, decoder, self.tokenizer, self.student,
                                           self.reasoning)
         finally:
             if config is not None:
                 config.use_cache = cache
             model.train()
         return float(score_predictions(predictions, self.sessions)["strict_precision"])
+
+
+def inference_copy(model: Any) -> Any:
+    """A plain-LoRA model as load_student applies its saved adapter: a copy with the LoRA weights merged into the
+    base, one matmul per layer (the unmerged layers decoded 2.2x slower on a CPU: 3.0 against 1.35 s a session in
+    the main job). An NF4 model is decoded as it is: inference keeps its adapter beside the 4-bit layers too."""
+    if getattr(model, "is_loaded_in_4bit", False) or not hasattr(model, "merge_and_unload"):
+        return model
+    return copy.deepcopy(model).merge_and_unload()
 
 
 class EarlyStopping:
