@@ -47,7 +47,10 @@ def retrieve_knowledge(all_sessions: ArtifactRef, embeddings: ArtifactRef, index
     return write_artifact(retrieval.retrieve_knowledge(*frames, pool, cfg), "retrieved")
 
 
-@stage_task("student.training", "student.model", "student.icl", "data.prompts", task_run_name="train-adapter")
+# validation decodes through generate / grammar / parsing and scores with metrics: all of it chooses the kept weights
+@stage_task("student.training", "student.validation", "student.batches", "student.compute", "student.model",
+            "student.icl", "student.generate", "student.grammar", "data.parsing", "data.prompts",
+            "evaluation.metrics", "evaluation.predictions", task_run_name="train-adapter")
 def train_adapter(all_sessions: ArtifactRef, retrieved: ArtifactRef | None, thoughts: ArtifactRef | None,
                   model: StudentConfig, cfg: SFTConfig) -> ArtifactRef:
     with tempfile.TemporaryDirectory(prefix="kd-adapter-") as tmp:
