@@ -217,10 +217,10 @@ def train_student(examples: pl.DataFrame, student: StudentConfig, cfg: SFTConfig
         validation_started = time.perf_counter()
         loss = validation_loss(model, valid_rows, valid_batches, to_batch, answer_loss) if valid_rows else None
         precision = decoded(model) if decoded is not None else None
-        valid_seconds += time.perf_counter() - validation_started
+        elapsed = time.perf_counter() - validation_started
+        valid_seconds += elapsed
         log.info("sft step %d validation: strict precision %s, answer loss %s (%.1f s)", step,
-                 "-" if precision is None else f"{precision:.3f}", "-" if loss is None else f"{loss:.4f}",
-                 time.perf_counter() - validation_started)
+                 "-" if precision is None else f"{precision:.3f}", "-" if loss is None else f"{loss:.4f}", elapsed)
         return stopping.record(step, loss, model, precision)
 
     started = time.perf_counter()
@@ -245,7 +245,7 @@ def train_student(examples: pl.DataFrame, student: StudentConfig, cfg: SFTConfig
                  tuple(inputs["input_ids"].shape), step_seconds[-1])
         if validating and ((step + 1) % eval_every == 0 or step + 1 == steps):
             if validate(step + 1) and step + 1 < steps:
-                log.info("sft: no better validation loss in %d measurements; stopping at step %d of %d",
+                log.info("sft: no better validation measurement in %d; stopping at step %d of %d",
                          cfg.patience, step + 1, steps)
                 break
     seconds, real = time.perf_counter() - started, sum(step_tokens)

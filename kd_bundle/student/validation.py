@@ -96,8 +96,10 @@ class DecodedValidation:
 
 def inference_copy(model: Any) -> Any:
     """A plain-LoRA model as load_student applies its saved adapter: a copy with the LoRA weights merged into the
-    base, one matmul per layer (the unmerged layers decoded 2.2x slower on a CPU: 3.0 against 1.35 s a session in
-    the main job). An NF4 model is decoded as it is: inference keeps its adapter beside the 4-bit layers too."""
+    base, one matmul per layer, so the figure is the one the saved adapter would score. (Why it was tried for speed:
+    in the main job validation decoded ~3.0 s a session unmerged against 1.35 s for the merged adapter's test
+    predictions; merging cut the two adapters' wall by under a minute each, so most of that gap lies elsewhere.)
+    An NF4 model is decoded as it is: inference keeps its adapter beside the 4-bit layers too."""
     if getattr(model, "is_loaded_in_4bit", False) or not hasattr(model, "merge_and_unload"):
         return model
     return copy.deepcopy(model).merge_and_unload()
