@@ -6,8 +6,7 @@ by `generate.predict_bundles`. New sessions join the retrieval frame in the "tes
 retrieved from) under fresh ids, so they can share ids with the training sessions; their own ids come back.
 
 Generation runs `progress_every` sessions at a time so the terminal hears how far it is. The set-up of
-`generate.predict_sessions` (reasoning prefill, context budget) is repeated here rather than changed there: that
-module's source is part of the cache key of every stored prediction of the grid.
+`generate.predict_sessions` (the reasoning student's prefill) is repeated here; the prompt budget is generate's own.
 """
 
 from __future__ import annotations
@@ -28,9 +27,9 @@ from kd_bundle.data.sessions import SESSION_COLUMNS, load_sessions
 from kd_bundle.evaluation.predictions import write_predictions_jsonl
 from kd_bundle.store import ArtifactMissing, read_artifact
 from kd_bundle.student.choice import ChosenStudent, choose_student
-from kd_bundle.student.generate import adapter_reasons, new_token_budget, predict_bundles
+from kd_bundle.student.generate import adapter_reasons, predict_bundles, prompt_budget
 from kd_bundle.student.icl import REASONING_MARKER, PromptTooLong, build_prompts
-from kd_bundle.student.model import StudentModelError, context_window, load_student
+from kd_bundle.student.model import StudentModelError, load_student
 from kd_bundle.student.retrieval import RetrievalConfig, build_index, embed_sessions, retrieve_knowledge
 
 log = logging.getLogger(__name__)
@@ -102,11 +101,12 @@ def generate_bundles(new: pl.DataFrame, chosen: ChosenStudent, retrieved: pl.Dat
     if reasoning and not REASONING_MARKER.startswith(icl.prefill.strip()):
         icl = icl.model_copy(update={"prefill": ""})  # as predict_sessions: the grammar owns the answer
     model, tokenizer = load_student(student, chosen.adapter)
-    window, budget = context_window(model, student), new_token_budget(student, reasoning)
-    if window <= budget:
-        raise DataError(f"the student's context window {window} is not above its new-token budget {budget}")
     try:
-        prompts = build_prompts(new, retrieved, tokenizer, icl, window - budget)
+        budget = prompt_budget(model, student, reasoning)
+    except ValueError as exc:
+        raise DataError(str(exc)) from exc
+    try:
+        prompts = build_prompts(new, retrieved, tokenizer, icl, budget)
     except PromptTooLong as exc:
         raise DataError(f"a session is too long for the student: {exc}") from exc
     started, frames = time.perf_counter(), []

@@ -1,9 +1,10 @@
 """Batched student inference: prompts with retrieved knowledge in, a predictions frame (PREDICTION_COLUMNS) out.
 
 Prompts are sorted by length and generated `batch_size` at a time with left padding (so every row's answer starts
-at the same column), greedy by default. With `decoding="grammar"` (the default) every row is held to its session's
-answer grammar (kd_bundle.student.grammar) and stops when the grammar is complete; with "free" a row stops at end of turn,
-once its answer dict closes, or after `max_new_tokens`. Answers go through the shared parser; what cannot be parsed
+at the same column), greedy by default; the prefix all prompts share is prefilled once (kd_bundle.student.prefix).
+With `decoding="grammar"` (the default) every row is held to its session's answer grammar (kd_bundle.student.grammar)
+and stops when the grammar is complete; with "free" a row stops at end of turn, once its answer dict closes, or after
+`max_new_tokens`. Answers go through the shared parser; what cannot be parsed
 keeps its raw text and null bundles, and the metrics count it as failed. Each row also records its cost:
 `prompt_tokens`, `new_tokens` and `seconds` (its equal share of its batch's wall time: rows of a batch run in lockstep).
 
@@ -26,6 +27,7 @@ from kd_bundle.data.parsing import parse_bundles
 from kd_bundle.evaluation.predictions import PREDICTION_COLUMNS, bundles_from_positions, predictions_frame
 from kd_bundle.student.icl import ANSWER_MARKER, REASONING_MARKER, ICLConfig, answer_part, build_prompts
 from kd_bundle.student.model import StudentConfig, context_window, load_student
+from kd_bundle.student.prefix import PromptBatches, quiet_cache_argument
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +56,7 @@ def predict_sessions(
         log.info("predict_sessions: the adapter reasons first; prefill %r dropped", icl.prefill)
         icl = icl.model_copy(update={"prefill": ""})
     model, tokenizer = load_student(student, adapter)
-    window = context_window(model, student)
-    budget = new_token_budget(student, reasoning)
-    if window <= budget:
-        raise ValueError(f"predict_sessions: context window {window} <= new-token budget {budget} (max_new_tokens"
-                         f"{' + reasoning_tokens' if reasoning else ''})")
-    prompts = build_prompts(targets, retrieved, tokenizer, icl, window - budget)
+    prompts = build_prompts(targets, retrieved, tokenizer, icl, prompt_budget(model, student, reasoning))
     return predict_bundles(targets, prompts, model, tokenizer, student, reasoning)
 
 
@@ -116,8 +113,8 @@ def generate_answers(
     prefills = prefills or [""] * len(prompts)
     if cfg.decoding == "grammar" and (n_items is None or len(n_items) != len(prompts)):
         raise ValueError("generate_answers: grammar decoding needs the number of products of every prompt (n_items)")
-    tokenizer.padding_side = "left"
-    lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+    ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    lengths = [len(row) for row in ids]
     order = sorted(range(len(prompts)), key=lambda i: lengths[i])
     stop_ids = _stop_ids(model, tokenizer)
     generation = GenerationConfig(
@@ -134,13 +131,14 @@ def generate_answers(
         from kd_bundle.student.grammar import grammar_book
 
         book = grammar_book(tokenizer, int(model.get_output_embeddings().weight.shape[0]))
-    device = next(model.parameters()).device
+    prefill_started = time.perf_counter()
+    inputs = PromptBatches(model, ids, tokenizer.pad_token_id, next(model.parameters()).device)
+    shared_seconds = (time.perf_counter() - prefill_started) / max(len(prompts), 1)  # the shared prefill, per row
     answers: dict[int, Generated] = {}
     for start in range(0, len(order), cfg.batch_size):
         batch = order[start : start + cfg.batch_size]
         batch_started = time.perf_counter()
-        encoded = tokenizer([prompts[i] for i in batch], add_special_tokens=False, padding=True, return_tensors="pt")
-        encoded = {k: v.to(device) for k, v in encoded.items()}
+        encoded = inputs.inputs(batch)
         width = encoded["input_ids"].shape[1]
         rows = None
         if book is not None:
@@ -151,12 +149,13 @@ def generate_answers(
             extra = {"logits_processor": [mask], "stopping_criteria": [stop]}
         else:
             extra = {"stopping_criteria": [_AnswerClosed(tokenizer, width, [prefills[i] for i in batch])]}
-        with torch.inference_mode():
+        with torch.inference_mode(), quiet_cache_argument():
             output = model.generate(**encoded, generation_config=generation, **extra)
         new = output[:, width:].tolist()
-        share = (time.perf_counter() - batch_started) / len(batch)
+        share = (time.perf_counter() - batch_started) / len(batch) + shared_seconds
         for row, i in enumerate(batch):
-            count = rows.new_tokens[row] if rows is not None else _decoded_length(new[row], stop_ids, tokenizer.pad_token_id)
+            count = (rows.new_tokens[row] if rows is not None
+                     else _decoded_length(new[row], stop_ids, tokenizer.pad_token_id))
             text = tokenizer.decode(new[row][:count], skip_special_tokens=True)
             answers[i] = Generated(text, lengths[i], count, share)
     return [answers[i] for i in range(len(prompts))]
@@ -165,6 +164,15 @@ def generate_answers(
 def new_token_budget(cfg: StudentConfig, reasoning: bool) -> int:
     """Tokens a row may generate: the answer's cap, plus the reasoning cap for a reasoning student."""
     return cfg.max_new_tokens + (cfg.reasoning_tokens if reasoning else 0)
+
+
+def prompt_budget(model: Any, cfg: StudentConfig, reasoning: bool) -> int:
+    """Prompt tokens a row may take: the context window less what it may generate (every prompt builder's limit)."""
+    window, budget = context_window(model, cfg), new_token_budget(cfg, reasoning)
+    if window <= budget:
+        raise ValueError(f"the student's context window {window} is not above its new-token budget {budget} "
+                         f"(max_new_tokens{' + reasoning_tokens' if reasoning else ''})")
+    return window - budget
 
 
 def adapter_reasons(adapter: Path | None) -> bool:

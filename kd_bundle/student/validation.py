@@ -21,9 +21,9 @@ from typing import Any
 import polars as pl
 
 from kd_bundle.evaluation.metrics import score_predictions
-from kd_bundle.student.generate import new_token_budget, predict_bundles
+from kd_bundle.student.generate import predict_bundles, prompt_budget
 from kd_bundle.student.icl import ICLConfig, build_prompts
-from kd_bundle.student.model import StudentConfig, context_window
+from kd_bundle.student.model import StudentConfig
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class DecodedValidation:
         """The model's strict precision on the sessions, decoded as inference applies the saved adapter
         (`inference_copy`); the model in training is left as it was."""
         if self.prompts is None:
-            budget = context_window(model, self.student) - new_token_budget(self.student, self.reasoning)
+            budget = prompt_budget(model, self.student, self.reasoning)
             self.prompts = build_prompts(self.sessions, self.retrieved, self.tokenizer, self.icl, budget)
         decoder = inference_copy(model)
         config = getattr(decoder, "config", None)

@@ -43,6 +43,40 @@ def test_batched_left_padded_generation_matches_one_prompt_at_a_time(student, de
     assert len(set(batched)) >= (len(prompts) if decoding == "free" else 2)  # the short grammar answers may repeat
 
 
+@pytest.mark.parametrize("decoding", ["free", "grammar"])
+def test_the_shared_prefix_prefilled_once_changes_no_answer(student, decoding, monkeypatch):
+    import torch
+
+    from kd_bundle.student import prefix
+
+    model, tokenizer = load_student(student)
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for weight in (p for p in model.parameters() if p.dim() > 1):
+            weight.normal_(0, 0.5)
+    rules = "Rules: a case goes with its phone; chargers go with the devices they charge. " * 3
+    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": rules + "phone case " * n}], tokenize=False,
+                                             add_generation_prompt=True) for n in (1, 7, 3, 12, 2, 5)]
+    ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    assert prefix.shared_prefix_length(ids) >= prefix.MIN_SHARED_TOKENS  # the cache is really used below
+    cfg = student.model_copy(update={"decoding": decoding, "max_new_tokens": 40, "batch_size": 4})
+    n_items = [2, 10, 3, 10, 4, 6]
+    cached = generate_texts(model, tokenizer, prompts, cfg, n_items=n_items)
+    monkeypatch.setattr(prefix, "MIN_SHARED_TOKENS", 10**6)
+    uncached = generate_texts(model, tokenizer, prompts, cfg, n_items=n_items)
+    assert cached == uncached
+    assert len(set(cached)) >= 2
+
+
+def test_the_shared_prefix_leaves_every_prompt_a_token_of_its_own():
+    from kd_bundle.student.prefix import shared_prefix_length
+
+    assert shared_prefix_length([[1, 2, 3, 4], [1, 2, 3, 5, 6]]) == 3
+    assert shared_prefix_length([[1, 2, 3], [1, 2, 3, 4]]) == 2  # the shorter prompt keeps its last token
+    assert shared_prefix_length([[1, 2, 3]]) == 2
+    assert shared_prefix_length([[7, 2], [1, 2]]) == 0
+
+
 def test_answers_are_parsed_after_the_marker_and_mapped_to_item_ids():
     items = ["A", "B", "C", "D"]
     text = "Reasoning: ['product1', 'product2'] are similar.\nBundles: {'bundle1': ['product1', 'product3', 'product1']}"
