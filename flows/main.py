@@ -34,8 +34,10 @@ from kd_bundle.student.training import SFTConfig
 # cost no teacher call, so ICL retrieves from all of them and Apriori mines all of them. The teacher distils 8 of
 # them (AICL's loop with one feedback round, ~6 requests each), chosen for coverage, and every session's rules come
 # from its nearest distilled neighbours. Adapters train one epoch on 150 pool sessions (each seen once), validated
-# every 5 steps on 30 validation sessions, keeping the best step. 60 test sessions. On 2 cores the grammar-held
-# SmolLM2 answers 0.7-1 zero-shot sessions/s and ~0.3 ICL sessions/s, and trains ~250 tokens/s (bench/README.md);
+# before the first step and every 16 steps by decoding 20 validation sessions, keeping the best step: decoding is
+# what validation costs (~3 s a session with rules prompts), so the demo measures the base, the middle and the end
+# of a run. 60 test sessions. On 2 cores the grammar-held SmolLM2 answers 0.7-1 zero-shot sessions/s and ~0.3 ICL
+# sessions/s, and trains ~180 tokens/s in fp32, ~270 with bf16 autocast where the CPU has it (bench/README.md);
 # what each part costs is in the README.
 DEMO_GRID = RQ1Grid(formats=("raw", "rules"), utilizations=("icl", "sft"))
 # RQ3 on the same two formats: its ICL and SFT cells are RQ1's (shared, cached), SFT+ICL crosses them 2 x 2,
@@ -56,7 +58,7 @@ DEMO = PipelineConfig(
     icl=ICLConfig(demonstrations=1),
     student=StudentConfig(max_new_tokens=96, batch_size=4),
     sft=SFTConfig(epochs=1.0, learning_rate=3e-4, lora_r=8, lora_alpha=16, batch_tokens=2048, max_batch_size=16,
-                  valid_sessions=30, eval_every=8, patience=2),
+                  valid_sessions=20, eval_every=16, patience=2),
 )
 
 

@@ -243,6 +243,39 @@ def test_checkpointing_and_autocast_follow_the_hardware(tiny, examples, tmp_path
     assert compute.autocast_dtype("auto", "cpu", torch.float32) is None
 
 
+def test_under_autocast_a_small_lora_delta_survives_the_forward_pass(tiny):
+    """peft adds the LoRA branch to a bf16 base output under autocast: a delta far below the output's size rounds
+    away, and training would learn from a forward pass without it. With fp32 sums it is there, as in fp32."""
+    from peft import LoraConfig, get_peft_model
+    from peft.tuners.lora import LoraLayer
+
+    from kd_bundle.student import compute
+    from kd_bundle.student.model import load_base
+
+    base, _ = load_base(StudentConfig(model=str(tiny), dtype="float32"), quantize=False, training=True)
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=4, target_modules="all-linear", init_lora_weights=False))
+    layer = next(m for m in model.modules() if isinstance(m, LoraLayer))
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.mul_(1e-3)  # a delta ~1e-3 of the layer's output, as early in a run
+    x = torch.randn(16, layer.get_base_layer().in_features, generator=torch.Generator().manual_seed(0))
+
+    def delta(autocast: bool) -> torch.Tensor:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            return layer(x).float() - layer.get_base_layer()(x).float()
+
+    exact = delta(False)
+    size = float(exact.abs().mean())
+    assert size > 0
+    rounded = delta(True)  # the sum in bf16: most of the delta is gone
+    assert float((rounded - exact).abs().mean()) > 0.3 * size
+    assert compute.keep_lora_sums_fp32(model) > 0
+    kept = delta(True)
+    assert float((kept - exact).abs().mean()) < 0.05 * size  # only the bf16 rounding of the delta's own matmuls
+    assert layer(x).dtype == torch.float32  # outside autocast the hooks change nothing (decoding keeps the dtype)
+
+
 def test_a_failed_4bit_load_falls_back_to_lora_with_a_warning(tiny, examples, tmp_path, monkeypatch, caplog):
     import transformers
 
