@@ -93,9 +93,8 @@ def _output_fp32(module: Any, inputs: Any, output: Any) -> Any:
     """Only under autocast: a copy decoded without it (validation, inference) keeps its layers' own dtype."""
     import torch
 
-    if isinstance(output, torch.Tensor) and output.is_floating_point() and torch.is_autocast_enabled(output.device.type):
-        return output.float()
-    return output
+    autocasting = isinstance(output, torch.Tensor) and torch.is_autocast_enabled(output.device.type)
+    return output.float() if autocasting and output.is_floating_point() else output
 
 
 def autocast(device: str, dtype: Any) -> contextlib.AbstractContextManager:
