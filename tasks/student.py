@@ -49,7 +49,7 @@ def retrieve_knowledge(all_sessions: ArtifactRef, embeddings: ArtifactRef, index
 
 # validation decodes through generate / grammar / parsing and scores with metrics: all of it chooses the kept weights
 @stage_task("student.training", "student.validation", "student.batches", "student.compute", "student.model",
-            "student.icl", "student.generate", "student.grammar", "data.parsing", "data.prompts",
+            "student.icl", "student.generate", "student.prefix", "student.grammar", "data.parsing", "data.prompts",
             "evaluation.metrics", "evaluation.predictions", task_run_name="train-adapter")
 def train_adapter(all_sessions: ArtifactRef, retrieved: ArtifactRef | None, thoughts: ArtifactRef | None,
                   model: StudentConfig, cfg: SFTConfig) -> ArtifactRef:
@@ -77,8 +77,8 @@ def train_adapter(all_sessions: ArtifactRef, retrieved: ArtifactRef | None, thou
     return ref
 
 
-@stage_task("student.generate", "student.model", "student.icl", "student.grammar", "data.parsing", "data.prompts",
-            "evaluation.predictions", task_run_name="student-predict")
+@stage_task("student.generate", "student.prefix", "student.model", "student.icl", "student.grammar", "data.parsing",
+            "data.prompts", "evaluation.predictions", task_run_name="student-predict")
 def student_predict(all_sessions: ArtifactRef, retrieved: ArtifactRef | None, adapter: ArtifactRef | None,
                     model: StudentConfig, icl: ICLConfig, split: str = "test") -> ArtifactRef:
     predictions = generate.predict_sessions(read_artifact(all_sessions), read_artifact(retrieved) if retrieved else None,
