@@ -131,9 +131,8 @@ def generate_answers(
         from kd_bundle.student.grammar import grammar_book
 
         book = grammar_book(tokenizer, int(model.get_output_embeddings().weight.shape[0]))
-    prefill_started = time.perf_counter()
     inputs = PromptBatches(model, ids, tokenizer.pad_token_id, next(model.parameters()).device)
-    shared_seconds = (time.perf_counter() - prefill_started) / max(len(prompts), 1)  # the shared prefill, per row
+    shared_seconds = inputs.prefill_seconds / max(len(prompts), 1)  # every row's share of the shared prefill
     answers: dict[int, Generated] = {}
     for start in range(0, len(order), cfg.batch_size):
         batch = order[start : start + cfg.batch_size]

@@ -1,19 +1,21 @@
 """Batched inputs for generate, with the prompt prefix that every prompt of one call shares prefilled once.
 
 Every prompt of a call opens with the same chat turn and instruction (~70 tokens of a ~300-token zero-shot prompt),
-and with the domain-level knowledge too (consolidated rules, mined patterns, ahead of the session): most of a rules
-prompt. Prefill is most of a CPU decode's time (profiled on SmolLM2, fp32, 2 cores: ~60% of a validation decode,
-nearly all of it the linear layers), so those tokens are prefilled once, at batch 1, and every batch starts from a
-copy of that KV cache repeated per row. A row's own tokens follow the prefix, left-padded *between* the two: the
-attention mask hides the padding and generate numbers positions by the mask, so every row sees the positions it
-would see alone, and greedy answers equal uncached ones up to float rounding (tests compare them on the real student).
-Without a shared prefix worth caching, the rows are plainly left-padded, as the tokenizer would pad them.
+and with the same domain-level lines where a prompt carries them (consolidated rules, mined patterns, ahead of the
+session); per-session knowledge (demonstrations, neighbours' rules) is not shared. Prefill is most of a CPU decode's
+time (profiled on SmolLM2, fp32, 2 cores: ~60% of a validation decode, nearly all of it the linear layers), so the
+shared tokens are prefilled once, at batch 1, and every batch starts from a copy of that KV cache repeated per row.
+A row's own tokens follow the prefix, left-padded *between* the two: the attention mask hides the padding and
+generate numbers positions by the mask, so every row sees the positions it would see alone, and greedy answers equal
+uncached ones up to float rounding (tests/kd_bundle/student/test_generate.py compares them in fp32). Without a
+shared prefix worth caching, the rows are plainly left-padded, as the tokenizer would pad them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import time
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -40,7 +42,8 @@ class PromptBatches:
     def __init__(self, model: Any, ids: list[list[int]], pad_id: int, device: Any):
         import torch
 
-        self.model, self.ids, self.pad_id, self.device = model, ids, pad_id, device
+        started = time.perf_counter()
+        self.ids, self.pad_id, self.device = ids, pad_id, device
         shared = shared_prefix_length(ids)
         self.prefix: list[int] = ids[0][:shared] if shared >= MIN_SHARED_TOKENS else []
         self.cache = None
@@ -48,6 +51,7 @@ class PromptBatches:
             with torch.inference_mode():
                 output = model(input_ids=torch.tensor([self.prefix], device=device), use_cache=True)
             self.cache = output.past_key_values
+        self.prefill_seconds = time.perf_counter() - started
 
     def inputs(self, rows: list[int]) -> dict[str, Any]:
         """input_ids, attention_mask (and the repeated prefix cache) for the prompts numbered `rows`."""
